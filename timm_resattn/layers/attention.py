@@ -1,0 +1,235 @@
+""" Attention Module of the Residual Attention Network (Wang et al., CVPR 2017, arXiv:1704.06904)
+
+An Attention Module has a trunk branch T(x) and a soft-mask branch M(x) (paper Fig. 2)::
+
+    x = pre(x)                 # p residual units
+    T = trunk(x)               # t residual units
+    M = mask(x, T)             # bottom-up top-down hourglass, output in T's shape
+    H = (1 + M) * T            # attention residual learning (Eq. 3), or M * T (naive attention learning)
+    out = post(H)              # p residual units
+
+The mask branch (paper Fig. 3, official Caffe files ``mask/down_sample``, ``mask/skip``, ``mask/up_sample``):
+``L`` max-pool levels (3x3/s2 Caffe ceil mode), ``r`` units after each pool and ``2r`` at the lowest
+resolution, one skip unit per level above the lowest, bilinear upsampling (``align_corners=True``) to the *exact*
+size of the tensor it is merged with, ``r`` units after each merge, a last upsampling to T's size, then the
+mask head ``[BN-ReLU] -> conv1x1 -> BN-ReLU -> conv1x1 -> activation``.
+
+Hacked together by the timm-resattn authors, Apache-2.0.
+"""
+from typing import Callable, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.layers import BatchNormAct2d, LayerType
+
+__all__ = [
+    'MaskActivation', 'MaskHead', 'EncoderDecoderMask', 'LocalConvMask', 'AttentionModule',
+    'interpolate_like', 'MASK_ACTS', 'MASK_TYPES',
+]
+
+MASK_ACTS = ('mixed', 'channel', 'spatial')
+MASK_TYPES = ('encoder_decoder', 'local')
+
+
+def interpolate_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """ Bilinear resize of ``x`` to ``ref``'s spatial size, ``align_corners=True``.
+
+    This is Caffe's two-bottom ``Interp`` layer as the authors' fork implements it
+    (``ratio = (in - 1) / (out - 1)``; equal sizes copy). Resizing to the reference size, never by a fixed factor,
+    keeps odd input sizes working.
+    """
+    return F.interpolate(x, size=ref.shape[-2:], mode='bilinear', align_corners=True)
+
+
+class MaskActivation(nn.Module):
+    """ The soft-mask activation f of paper §3.3.
+
+    * ``'mixed'`` (Eq. 4): sigmoid per element. The official nets use this.
+    * ``'channel'`` (Eq. 5): L2 normalisation across channels at each spatial position.
+    * ``'spatial'`` (Eq. 6): per-channel standardisation over space, then sigmoid.
+    """
+
+    def __init__(self, mode: str = 'mixed', eps: float = 1e-5):
+        super().__init__()
+        if mode not in MASK_ACTS:
+            raise ValueError(f"mask_act={mode!r} is not supported; expected one of {MASK_ACTS}")
+        self.mode = mode
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == 'channel':
+            return x / x.norm(p=2, dim=1, keepdim=True).clamp_min(self.eps)
+        if self.mode == 'spatial':
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
+            return torch.sigmoid((x - mean) / (std + self.eps))
+        return torch.sigmoid(x)
+
+    def extra_repr(self) -> str:
+        return f'mode={self.mode}'
+
+
+class MaskHead(nn.Module):
+    """ The mask head: ``[BN-ReLU] -> conv1x1 -> BN-ReLU -> conv1x1 -> activation``.
+
+    Caffe names ``up_sample/interp_1/bn`` (pre-activation nets only; in the NeXt nets the input is already
+    post-ReLU), ``mask/linear_1``, ``mask/linear_1/bn``, ``mask/linear_2``, ``mask``. Both convs keep the channel
+    count and have no bias; no BN between the second conv and the activation.
+    """
+
+    def __init__(
+            self,
+            chs: int,
+            preact: bool = True,
+            mask_act: str = 'mixed',
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Callable[..., nn.Module] = BatchNormAct2d,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        self.norm1 = norm_layer(chs, act_layer=act_layer, **dd) if preact else nn.Identity()
+        self.conv1 = nn.Conv2d(chs, chs, 1, bias=False, **dd)
+        self.norm2 = norm_layer(chs, act_layer=act_layer, **dd)
+        self.conv2 = nn.Conv2d(chs, chs, 1, bias=False, **dd)
+        self.act = MaskActivation(mask_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(self.norm1(x))
+        x = self.conv2(self.norm2(x))
+        return self.act(x)
+
+
+class MaskUpLevel(nn.Module):
+    """ One merge of the mask decoder: ``up(interpolate(x -> skip input) + skip(skip input))``. """
+
+    def __init__(self, skip: nn.Module, up: nn.Module):
+        super().__init__()
+        self.skip = skip
+        self.up = up
+
+    def forward(self, x: torch.Tensor, skip_in: torch.Tensor) -> torch.Tensor:
+        return self.up(interpolate_like(x, skip_in) + self.skip(skip_in))
+
+
+class EncoderDecoderMask(nn.Module):
+    """ Bottom-up top-down (hourglass) soft-mask branch.
+
+    ``down[i]`` runs after the i-th max-pool (``r`` units, ``2r`` for the lowest level); ``up[i]`` is the i-th merge
+    on the way back up, deepest first (its skip unit reads the output of ``down[L-2-i]``). Returns M(x) at the
+    trunk's size.
+    """
+
+    def __init__(
+            self,
+            chs: int,
+            levels: int,
+            make_unit: Callable[[], nn.Module],
+            r: int = 1,
+            preact_head: bool = True,
+            mask_act: str = 'mixed',
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Callable[..., nn.Module] = BatchNormAct2d,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if levels < 1:
+            raise ValueError(f'the encoder-decoder mask needs at least one down-sampling level, got levels={levels}')
+        if r < 1:
+            raise ValueError(f'r (units between adjacent pooling layers) must be >= 1, got r={r}')
+        self.levels = levels
+        # Caffe max-pool: 3x3, stride 2, pad 0, ceil mode (not padding=1, which shifts the windows by one pixel).
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        self.down = nn.ModuleList([
+            nn.Sequential(*[make_unit() for _ in range(2 * r if i == levels - 1 else r)]) for i in range(levels)
+        ])
+        self.up = nn.ModuleList([
+            MaskUpLevel(make_unit(), nn.Sequential(*[make_unit() for _ in range(r)])) for _ in range(levels - 1)
+        ])
+        self.head = MaskHead(
+            chs, preact=preact_head, mask_act=mask_act, act_layer=act_layer, norm_layer=norm_layer,
+            device=device, dtype=dtype,
+        )
+
+    def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        feats: List[torch.Tensor] = []
+        for down in self.down:
+            x = down(self.pool(x))
+            feats.append(x)
+        num_skips = len(feats) - 1
+        for i, up in enumerate(self.up):
+            x = up(x, feats[num_skips - 1 - i])
+        return self.head(interpolate_like(x, trunk))
+
+
+class LocalConvMask(nn.Module):
+    """ The "local convolutions" soft mask of paper Table 4: residual units at full resolution, no down- or
+    up-sampling, followed by the same head as the encoder-decoder mask.
+    """
+
+    def __init__(
+            self,
+            chs: int,
+            num_units: int,
+            make_unit: Callable[[], nn.Module],
+            preact_head: bool = True,
+            mask_act: str = 'mixed',
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Callable[..., nn.Module] = BatchNormAct2d,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if num_units < 1:
+            raise ValueError(f'the local-convolution mask needs at least one unit, got {num_units}')
+        self.units = nn.Sequential(*[make_unit() for _ in range(num_units)])
+        self.head = MaskHead(
+            chs, preact=preact_head, mask_act=mask_act, act_layer=act_layer, norm_layer=norm_layer,
+            device=device, dtype=dtype,
+        )
+
+    def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        return self.head(self.units(x))
+
+
+class AttentionModule(nn.Module):
+    """ Attention Module (paper §3, Fig. 2): ``post((1 + M(x)) * T(x))`` with ``x = pre(input)``.
+
+    Args:
+        pre: The p pre-processing units (Caffe ``trunk/res1`` for p=1).
+        trunk: The t trunk units (Caffe ``trunk/res2``, ``trunk/res3``).
+        mask: The soft-mask branch, called as ``mask(x, T)``.
+        post: The p post-processing units (the Caffe unit named after the module itself, e.g. ``AttentionA_1``).
+        attention_residual: ``(1 + M) * T`` (attention residual learning, Eq. 3) if True, else ``M * T``
+            (naive attention learning).
+    """
+
+    def __init__(
+            self,
+            pre: nn.Module,
+            trunk: nn.Module,
+            mask: nn.Module,
+            post: nn.Module,
+            attention_residual: bool = True,
+    ):
+        super().__init__()
+        self.pre = pre
+        self.trunk = trunk
+        self.mask = mask
+        self.post = post
+        self.attention_residual = attention_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        t = self.trunk(x)
+        m = self.mask(x, t)
+        if self.attention_residual:
+            # t + t * m in one kernel; the same order of operations as Caffe's PROD then SUM.
+            x = torch.addcmul(t, t, m)
+        else:
+            x = t * m
+        return self.post(x)

@@ -1,0 +1,167 @@
+""" Residual units of the Residual Attention Network
+
+The network is built from one kind of residual unit, used everywhere: on the trunk, in the soft-mask branch and
+in the transitions between stages. Which unit is a per-variant choice (``ResAttnCfg.unit``):
+
+* ``'preact'``: the pre-activation bottleneck of He et al. 2016 (Attention-56/92, the CIFAR family).
+* ``'next'``: the post-activation ResNeXt bottleneck, cardinality 32 (AttentionNeXt-56/92).
+
+The layouts follow the authors' Caffe deploy files (``fwang91/residual-attention-network``, ``imagenet_model/``)
+exactly: stride in the 3x3 conv, no conv biases, a 1x1 projection shortcut only where shape changes.
+
+Hacked together by the timm-resattn authors, Apache-2.0.
+"""
+from typing import Callable, Dict, Optional, Type
+
+import torch
+import torch.nn as nn
+
+from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
+
+__all__ = ['PreActBottleneck', 'NeXtBottleneck', 'register_unit', 'create_unit', 'unit_preactivates_input']
+
+
+class PreActBottleneck(nn.Module):
+    """ Pre-activation bottleneck unit (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+
+    Official Caffe layout (``<U>/branch1/conv{1_1x1,2_3x3,3_1x1}``, ``<U>/branch2/conv1_1x1``)::
+
+        a   = ReLU(BN(x))                       # the BN Caffe names "<input blob>/bn"
+        y   = conv1x1(a) -> BN-ReLU -> conv3x3(stride) -> BN-ReLU -> conv1x1
+        out = y + x                             # identity
+        out = y + conv1x1(a, stride)            # projection reads the *pre-activated* input, no BN
+
+    The output is the raw sum, no norm or activation after the add: the next consumer brings its own.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            bottle_ratio: float = 0.25,
+            groups: int = 1,
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Type[nn.Module] = BatchNormAct2d,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        mid_chs = int(out_chs * bottle_ratio)
+        self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
+        self.conv2 = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=groups, bias=False, **dd)
+        self.norm3 = norm_layer(mid_chs, act_layer=act_layer, **dd)
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
+        if in_chs != out_chs or stride != 1:
+            self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd)
+        else:
+            self.downsample = None
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.conv3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_preact = self.norm1(x)
+        shortcut = x
+        if self.downsample is not None:
+            shortcut = self.downsample(x_preact)
+        x = self.conv1(x_preact)
+        x = self.conv2(self.norm2(x))
+        x = self.conv3(self.norm3(x))
+        return self.drop_path(x) + shortcut
+
+
+class NeXtBottleneck(nn.Module):
+    """ Post-activation ResNeXt bottleneck unit (Xie et al. 2017), as in the official AttentionNeXt files.
+
+    Official Caffe layout (``<U>/branch1/conv{1,2,3}(/bn)``, ``<U>/branch2/conv1_1x1(/bn)``)::
+
+        y   = conv1x1 -> BN-ReLU -> grouped conv3x3(stride) -> BN-ReLU -> conv1x1 -> BN
+        out = ReLU(y + x)                       # identity
+        out = ReLU(y + BN(conv1x1(x, stride)))  # projection
+
+    Width is ``out_chs * bottle_ratio`` (0.5 officially: 32x4d for 256 output channels).
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            bottle_ratio: float = 0.5,
+            groups: int = 32,
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Type[nn.Module] = BatchNormAct2d,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        mid_chs = int(out_chs * bottle_ratio)
+        if mid_chs % groups:
+            raise ValueError(f'NeXtBottleneck: width {mid_chs} is not divisible by groups={groups}')
+        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
+        self.norm1 = norm_layer(mid_chs, act_layer=act_layer, **dd)
+        self.conv2 = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=groups, bias=False, **dd)
+        self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
+        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
+        self.norm3 = norm_layer(out_chs, apply_act=False, **dd)
+        if in_chs != out_chs or stride != 1:
+            self.downsample = nn.Sequential()
+            self.downsample.add_module('conv', nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd))
+            self.downsample.add_module('norm', norm_layer(out_chs, apply_act=False, **dd))
+        else:
+            self.downsample = None
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.act = get_act_layer(act_layer)(inplace=True)
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.norm3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.downsample is not None:
+            shortcut = self.downsample(x)
+        x = self.conv1(x)
+        x = self.conv2(self.norm1(x))
+        x = self.norm3(self.conv3(self.norm2(x)))
+        return self.act(self.drop_path(x) + shortcut)
+
+
+_UNITS: Dict[str, Callable[..., nn.Module]] = {}
+_PREACT_UNITS = set()
+
+
+def register_unit(name: str, fn: Callable[..., nn.Module], preactivates_input: bool) -> None:
+    """ Register a residual unit type for ``ResAttnCfg.unit``.
+
+    Args:
+        name: Name used in the arch config.
+        fn: Constructor taking ``(in_chs, out_chs, stride=, bottle_ratio=, groups=, act_layer=, norm_layer=,
+            drop_path_rate=, device=, dtype=)``.
+        preactivates_input: True if the unit applies its own BN-ReLU to its input (pre-activation), so that its
+            output is a raw sum and whoever consumes it next (e.g. the mask head) must normalise it first.
+    """
+    _UNITS[name] = fn
+    if preactivates_input:
+        _PREACT_UNITS.add(name)
+
+
+def unit_preactivates_input(name: str) -> bool:
+    return name in _PREACT_UNITS
+
+
+def create_unit(name: str, in_chs: int, out_chs: int, **kwargs) -> nn.Module:
+    if name not in _UNITS:
+        raise ValueError(f"unit={name!r} is not a known residual unit; expected one of {sorted(_UNITS)}")
+    return _UNITS[name](in_chs, out_chs, **kwargs)
+
+
+register_unit('preact', PreActBottleneck, preactivates_input=True)
+register_unit('next', NeXtBottleneck, preactivates_input=False)

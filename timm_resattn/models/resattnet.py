@@ -1,0 +1,557 @@
+""" Residual Attention Network
+
+Paper: `Residual Attention Network for Image Classification` - Fei Wang, Mengqing Jiang, Chen Qian, Shuo Yang,
+Cheng Li, Honggang Zhang, Xiaogang Wang, Xiaoou Tang (CVPR 2017), https://arxiv.org/abs/1704.06904
+
+The ImageNet nets reproduce the authors' official Caffe deploy definitions
+(https://github.com/fwang91/residual-attention-network, ``imagenet_model/*-deploy.prototxt``) layer for layer:
+same structure, same learnable-parameter count and the same function given the same weights
+(``timm_resattn.convert.caffe`` maps the authors' Caffe blobs onto these modules). Where the paper and the official
+files disagree, the files win; each entrypoint's docstring says where.
+
+Hacked together by the timm-resattn authors, Apache-2.0.
+"""
+import math
+from dataclasses import dataclass, fields, replace
+from functools import partial
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer, register_notrace_function
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._manipulate import checkpoint_seq
+
+try:
+    from timm.models._features import feature_take_indices
+except ImportError:  # older timm
+    from timm.layers import feature_take_indices
+
+from ..layers.attention import MASK_ACTS, MASK_TYPES, AttentionModule, EncoderDecoderMask, LocalConvMask
+from ..layers.units import create_unit, unit_preactivates_input
+
+__all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
+
+
+@dataclass(frozen=True)
+class ResAttnCfg:
+    """ Architecture of a Residual Attention Network. A variant is one row of ``model_cfgs``.
+
+    Every field can be overridden from ``timm.create_model(name, **kwargs)`` (and train.py's ``--model-kwargs``).
+
+    Args:
+        unit: Residual unit type: ``'preact'`` (pre-activation bottleneck) or ``'next'`` (ResNeXt, post-act).
+        stem_type: ``'imagenet'`` (7x7/2 conv, BN-ReLU, 3x3/2 ceil-mode max-pool) or ``'cifar'`` (3x3/1 conv).
+        stem_chs: Stem output channels.
+        stage_chs: Output channels of each stage.
+        stage_strides: Stride of each stage's first unit.
+        stage_units: Plain residual units at the start of each stage (the first one changes width/stride).
+        stage_modules: Attention Modules following them in each stage.
+        mask_levels: Max-pool levels of the encoder-decoder mask in each stage (0 where there is no module).
+        p: Pre-processing units before the trunk/mask split, and post-processing units after the merge.
+        t: Trunk units.
+        r: Units between adjacent pooling layers of the mask (2r at the lowest resolution).
+        bottle_ratio: Bottleneck width / output width of each unit.
+        groups: Groups of each unit's 3x3 conv (cardinality of the NeXt units).
+        attention_residual: ``(1 + M) * T`` (attention residual learning) if True, else ``M * T``.
+        mask_act: Mask activation: ``'mixed'`` (sigmoid), ``'channel'`` (L2 over channels), ``'spatial'``.
+        mask_type: ``'encoder_decoder'`` (bottom-up top-down) or ``'local'`` (units at full resolution).
+        local_mask_units: Units of each ``'local'`` mask per stage (None: the encoder-decoder mask's unit count).
+    """
+    unit: str = 'preact'
+    stem_type: str = 'imagenet'
+    stem_chs: int = 64
+    stage_chs: Tuple[int, ...] = (256, 512, 1024, 2048)
+    stage_strides: Tuple[int, ...] = (1, 2, 2, 2)
+    stage_units: Tuple[int, ...] = (1, 1, 1, 3)
+    stage_modules: Tuple[int, ...] = (1, 1, 1, 0)
+    mask_levels: Tuple[int, ...] = (3, 2, 1, 0)
+    p: int = 1
+    t: int = 2
+    r: int = 1
+    bottle_ratio: float = 0.25
+    groups: int = 1
+    attention_residual: bool = True
+    mask_act: str = 'mixed'
+    mask_type: str = 'encoder_decoder'
+    local_mask_units: Optional[Tuple[int, ...]] = None
+
+    def validate(self) -> 'ResAttnCfg':
+        n = len(self.stage_chs)
+        for name in ('stage_strides', 'stage_units', 'stage_modules', 'mask_levels'):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f'{name}={getattr(self, name)} must have one entry per stage ({n} stages)')
+        if self.stem_type not in ('imagenet', 'cifar'):
+            raise ValueError(f"stem_type={self.stem_type!r} is not supported; expected 'imagenet' or 'cifar'")
+        if self.mask_act not in MASK_ACTS:
+            raise ValueError(f'mask_act={self.mask_act!r} is not supported; expected one of {MASK_ACTS}')
+        if self.mask_type not in MASK_TYPES:
+            raise ValueError(f'mask_type={self.mask_type!r} is not supported; expected one of {MASK_TYPES}')
+        if self.p < 0 or self.t < 1 or self.r < 1:
+            raise ValueError(f'need p >= 0, t >= 1 and r >= 1 (paper Fig. 2), got p={self.p}, t={self.t}, r={self.r}')
+        for i, (units, modules, levels) in enumerate(zip(self.stage_units, self.stage_modules, self.mask_levels)):
+            if units < 1:
+                raise ValueError(f'stage {i}: stage_units must be >= 1 (the unit that sets width and stride)')
+            if modules and self.mask_type == 'encoder_decoder' and levels < 1:
+                raise ValueError(f'stage {i}: an encoder-decoder mask needs mask_levels >= 1, got {levels}')
+        if self.local_mask_units is not None and len(self.local_mask_units) != n:
+            raise ValueError(f'local_mask_units={self.local_mask_units} must have one entry per stage ({n})')
+        return self
+
+    def mask_units(self, stage_idx: int) -> int:
+        """ Residual units in one encoder-decoder mask of a stage: (L-1) r down + 2r lowest + (L-1) skip + (L-1) r up. """
+        levels = self.mask_levels[stage_idx]
+        return (levels - 1) * (2 * self.r + 1) + 2 * self.r if levels else 0
+
+
+def _pool_out(size: int) -> int:
+    """ Output size of a 3x3/s2 ceil-mode max-pool without padding (0 if the input is too small). """
+    if size < 2:
+        return 0
+    return (size - 2) // 2 + 1
+
+
+def _min_input_size(cfg: ResAttnCfg) -> int:
+    """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes). """
+    def ok(size: int) -> bool:
+        if cfg.stem_type == 'imagenet':
+            size = _pool_out((size + 1) // 2)  # 7x7/2 conv pad 3, then the stem max-pool
+        for stride, modules, levels in zip(cfg.stage_strides, cfg.stage_modules, cfg.mask_levels):
+            size = (size + stride - 1) // stride  # 3x3 conv pad 1 with stride 1 or 2
+            if size < 1:
+                return False
+            if modules and cfg.mask_type == 'encoder_decoder':
+                h = size
+                for _ in range(levels):
+                    h = _pool_out(h)
+                    if h < 1:
+                        return False
+        return True
+
+    for s in range(1, 4097):
+        if ok(s):
+            return s
+    raise ValueError('no input size up to 4096 fits this architecture')
+
+
+@register_notrace_function
+def _check_input_size(x: torch.Tensor, min_size: int) -> None:
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(
+            f'input spatial size {x.shape[-2]}x{x.shape[-1]} is below the minimum {min_size}x{min_size} '
+            f'this network accepts (its mask branches max-pool the feature maps down to 1x1)'
+        )
+
+
+class ResidualAttentionNet(nn.Module):
+    """ Residual Attention Network (Wang et al., CVPR 2017).
+
+    Layout: ``stem`` -> ``stages.0..N-1`` (each ``nn.Sequential`` of residual units and Attention Modules) ->
+    ``norm`` (final BN-ReLU of pre-activation nets) -> ``head`` (global pool, dropout, fc).
+    """
+
+    def __init__(
+            self,
+            cfg: ResAttnCfg,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            act_layer: LayerType = nn.ReLU,
+            zero_init_last: bool = False,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ):
+        """
+        Args:
+            cfg: Architecture config (a ``model_cfgs`` row).
+            num_classes: Number of classifier outputs (0 for no classifier).
+            in_chans: Number of input image channels.
+            global_pool: Global pooling type ('avg', 'max', 'avgmax', 'catavgmax', or '' for none).
+            drop_rate: Dropout rate before the classifier.
+            drop_path_rate: Stochastic depth rate, linear over the trunk's blocks; mask-branch units never drop.
+            act_layer: Activation layer of every BN-act (ReLU officially).
+            zero_init_last: Zero-init the last BN/conv of each residual unit.
+            **kwargs: Overrides of ``cfg`` fields (e.g. ``attention_residual=False``, ``mask_act='spatial'``).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if kwargs:
+            cfg_names = {f.name for f in fields(ResAttnCfg)}
+            unknown = sorted(set(kwargs) - cfg_names)
+            if unknown:
+                raise TypeError(
+                    f'ResidualAttentionNet got unexpected keyword argument(s) {unknown}; '
+                    f'architecture fields that can be overridden: {sorted(cfg_names)}'
+                )
+            cfg = replace(cfg, **kwargs)
+        self.cfg = cfg = cfg.validate()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        act_layer = get_act_layer(act_layer)
+        norm_layer = BatchNormAct2d
+        preact = unit_preactivates_input(cfg.unit)
+        self.min_input_size = _min_input_size(cfg)
+
+        # stem
+        self.stem = nn.Sequential()
+        if cfg.stem_type == 'imagenet':
+            self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, 7, stride=2, padding=3, bias=False, **dd))
+            self.stem.add_module('norm', norm_layer(cfg.stem_chs, act_layer=act_layer, **dd))
+            # Caffe max-pool, 3x3/s2 without padding in ceil mode: 112 -> 56 (not 55) at 224.
+            self.stem.add_module('pool', nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True))
+            self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=2, module='stem.norm')]
+            stride = 4
+        else:
+            self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, 3, padding=1, bias=False, **dd))
+            self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=1, module='stem.conv')]
+            stride = 1
+
+        # stages
+        unit_kwargs = dict(bottle_ratio=cfg.bottle_ratio, groups=cfg.groups, act_layer=act_layer, **dd)
+        num_blocks = sum(cfg.stage_units) + sum(cfg.stage_modules)
+        dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        block_idx = 0
+        prev_chs = cfg.stem_chs
+        stages = []
+        for stage_idx, out_chs in enumerate(cfg.stage_chs):
+            blocks = []
+            for unit_idx in range(cfg.stage_units[stage_idx]):
+                blocks.append(create_unit(
+                    cfg.unit,
+                    prev_chs,
+                    out_chs,
+                    stride=cfg.stage_strides[stage_idx] if unit_idx == 0 else 1,
+                    drop_path_rate=dpr[block_idx],
+                    **unit_kwargs,
+                ))
+                prev_chs = out_chs
+                block_idx += 1
+            for _ in range(cfg.stage_modules[stage_idx]):
+                blocks.append(self._make_attention_module(cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, preact))
+                block_idx += 1
+            stride *= cfg.stage_strides[stage_idx]
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=stride, module=f'stages.{stage_idx}'))
+        self.stages = nn.Sequential(*stages)
+
+        self.num_features = self.head_hidden_size = prev_chs
+        # pre-activation nets end with BN-ReLU ("post_res_4_3/bn"); the NeXt units already end in a ReLU
+        self.norm = norm_layer(prev_chs, act_layer=act_layer, **dd) if preact else nn.Identity()
+        if preact:
+            self.feature_info[-1]['module'] = 'norm'
+        self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+
+        self.init_weights(zero_init_last=zero_init_last)
+
+    @staticmethod
+    def _make_attention_module(
+            cfg: ResAttnCfg,
+            stage_idx: int,
+            chs: int,
+            drop_path_rate: float,
+            unit_kwargs: Dict[str, Any],
+            preact: bool,
+    ) -> AttentionModule:
+        def trunk_unit():
+            return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **unit_kwargs)
+
+        def mask_unit():
+            return create_unit(cfg.unit, chs, chs, **unit_kwargs)
+
+        mask_kwargs = dict(
+            preact_head=preact,
+            mask_act=cfg.mask_act,
+            act_layer=unit_kwargs['act_layer'],
+            device=unit_kwargs['device'],
+            dtype=unit_kwargs['dtype'],
+        )
+        if cfg.mask_type == 'encoder_decoder':
+            mask = EncoderDecoderMask(chs, cfg.mask_levels[stage_idx], mask_unit, r=cfg.r, **mask_kwargs)
+        else:
+            num_units = cfg.local_mask_units[stage_idx] if cfg.local_mask_units else cfg.mask_units(stage_idx)
+            mask = LocalConvMask(chs, num_units, mask_unit, **mask_kwargs)
+        return AttentionModule(
+            pre=nn.Sequential(*[trunk_unit() for _ in range(cfg.p)]),
+            trunk=nn.Sequential(*[trunk_unit() for _ in range(cfg.t)]),
+            mask=mask,
+            post=nn.Sequential(*[trunk_unit() for _ in range(cfg.p)]),
+            attention_residual=cfg.attention_residual,
+        )
+
+    @torch.jit.ignore
+    def init_weights(self, zero_init_last: bool = False):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if hasattr(m, 'zero_init_last'):
+                    m.zero_init_last()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=[
+                (r'^stages\.(\d+)' if coarse else r'^stages\.(\d+)\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """ Forward features that returns intermediates.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n feature levels if int, all if None, select matching indices if sequence
+                (0 = stem, i = stage i - 1).
+            norm: Apply the final norm (pre-activation nets) to the last stage's intermediate.
+            stop_early: Stop iterating over stages when the last desired intermediate is reached.
+            output_fmt: Shape of intermediate feature outputs ('NCHW' only).
+            intermediates_only: Only return intermediate features.
+        """
+        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
+        _check_input_size(x, self.min_input_size)
+        intermediates = []
+        num_stages = len(self.stages)
+        take_indices, max_index = feature_take_indices(num_stages + 1, indices)
+
+        if hasattr(self.stem, 'norm'):
+            x = self.stem.norm(self.stem.conv(x))
+            if 0 in take_indices:
+                intermediates.append(x)
+            x = self.stem.pool(x)
+        else:
+            x = self.stem(x)
+            if 0 in take_indices:
+                intermediates.append(x)
+
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages, start=1):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
+            if feat_idx in take_indices:
+                if feat_idx == num_stages and norm:
+                    intermediates.append(self.norm(x))
+                else:
+                    intermediates.append(x)
+
+        if intermediates_only:
+            return intermediates
+        if feat_idx == num_stages:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ):
+        """ Prune layers not required for specified intermediates. """
+        num_stages = len(self.stages)
+        take_indices, max_index = feature_take_indices(num_stages + 1, indices)
+        self.stages = self.stages[:max_index]  # truncate blocks w/ stem as idx 0
+        if prune_norm or max_index < num_stages:
+            self.norm = nn.Identity()
+        if max_index < num_stages:
+            # features now end at the last kept level; the head was sized for the final features, so it goes too
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            prune_head = True
+        if prune_head:
+            self.head = ClassifierHead(self.num_features, 0, pool_type='')
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input_size(x, self.min_input_size)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for stage in self.stages:
+                x = checkpoint_seq(stage, x)
+        else:
+            x = self.stages(x)
+        x = self.norm(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+model_cfgs = dict(
+    resattnet56=ResAttnCfg(unit='preact', stage_modules=(1, 1, 1, 0)),
+    resattnet92=ResAttnCfg(unit='preact', stage_modules=(1, 2, 3, 0)),
+    resattnext56=ResAttnCfg(unit='next', stage_modules=(1, 1, 1, 0), bottle_ratio=0.5, groups=32),
+    resattnext92=ResAttnCfg(unit='next', stage_modules=(1, 2, 3, 0), bottle_ratio=0.5, groups=32),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
+    """ Unwrap training checkpoints (``state_dict`` / ``model`` / ``state_dict_ema`` entries) and strip the
+    ``module.`` prefix DataParallel/DDP adds. Caffe weights go through ``timm_resattn.convert.caffe`` first.
+    """
+    if isinstance(state_dict, dict):
+        for key in ('state_dict', 'model', 'state_dict_ema'):
+            if key in state_dict and isinstance(state_dict[key], dict):
+                state_dict = state_dict[key]
+                break
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith('module.'):
+            k = k[len('module.'):]
+        out[k] = v
+    return out
+
+
+def _has_weight_source(cfg) -> bool:
+    return bool(cfg.url or cfg.hf_hub_id or cfg.file or cfg.state_dict or cfg.source in ('hf-hub', 'local-dir'))
+
+
+def _check_pretrained_available(variant: str, kwargs: Dict[str, Any]) -> None:
+    """ Fail loudly when ``pretrained=True`` is asked of an architecture/tag that has no published weights. """
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
+    if _has_weight_source(cfg):
+        return
+    import timm
+    available = timm.list_pretrained('resatt*')
+    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    raise RuntimeError(
+        f"No pretrained weights exist for '{name}': the authors never released ImageNet weights for this "
+        f"architecture. Weights that do exist: {available or 'none'}. Use pretrained=False for random init, or "
+        f"load a checkpoint of your own with timm.create_model('{variant}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) (or checkpoint_path=...). Caffe "
+        f"weights of the official nets convert with `python -m timm_resattn.convert caffe IN.caffemodel "
+        f"OUT.safetensors --model {variant}`."
+    )
+
+
+def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    if pretrained:
+        _check_pretrained_available(variant, kwargs)
+    num_stages = len(model_cfgs[variant].stage_chs)
+    return build_model_with_cfg(
+        ResidualAttentionNet,
+        variant,
+        pretrained,
+        model_cfg=model_cfgs[variant],
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_stages + 1))),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv',
+        'classifier': 'head.fc',
+        'paper_ids': 'arXiv:1704.06904',
+        'paper_name': 'Residual Attention Network for Image Classification',
+        'origin_url': 'https://github.com/fwang91/residual-attention-network',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # No weights were ever published by the authors for these architectures.
+    'resattnet56.untrained': _cfg(),
+    'resattnet92.untrained': _cfg(test_input_size=(3, 320, 320), test_crop_pct=1.0),
+    'resattnext56.untrained': _cfg(),
+    'resattnext92.untrained': _cfg(),
+})
+
+
+@register_model
+def resattnet56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ Attention-56 (ImageNet), pre-activation units; the official ``Attention-56-deploy.prototxt``.
+
+    31,810,728 params (31.9M in the paper counts BN running statistics too), 6.27 GMACs at 224.
+    Modules per stage 1/1/1, p=1 t=2 r=1, mask max-pool levels 3/2/1.
+    Differs from the file only in the final pool: a global average pool at every size (the file's fixed 7x7
+    AVE pool is global at 224 only).
+    """
+    return _create_resattnet('resattnet56', pretrained, **kwargs)
+
+
+@register_model
+def resattnet92(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ Attention-92 (ImageNet), pre-activation units; the official ``Attention-92-deploy.prototxt``.
+
+    52,466,344 params and 10.53 GMACs at 224 (21.50 at 320). The paper's Table 7 says 51.3M params: the official
+    file has 1.17M more, and we follow the file. The paper evaluates at 320x320, where the file's fixed 7x7 AVE pool
+    would give 2048x4x4 features that its 2048-input classifier cannot take: we pool globally at every size, the
+    reading that keeps the classifier.
+    """
+    return _create_resattnet('resattnet92', pretrained, **kwargs)
+
+
+@register_model
+def resattnext56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ AttentionNeXt-56 (ImageNet), ResNeXt 32x(C/64)d post-activation units; ``AttentionNeXt-56-deploy.prototxt``.
+
+    31,318,824 params (the paper's 31.9M repeats Attention-56's figure; the file gives 31.3M), 6.42 GMACs at 224.
+    """
+    return _create_resattnet('resattnext56', pretrained, **kwargs)
+
+
+@register_model
+def resattnext92(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ AttentionNeXt-92 (ImageNet), ResNeXt units; ``AttentionNeXt-92-deploy.prototxt`` (not in the paper).
+
+    52,102,952 params, 10.70 GMACs at 224. The published file is broken: its classifier reads ``ave_pool_gather``,
+    which no layer produces; we read the only sensible input, the average-pooled features ``ave_pool``.
+    """
+    return _create_resattnet('resattnext92', pretrained, **kwargs)
