@@ -138,12 +138,14 @@ def _min_input_size(cfg: ResAttnCfg) -> int:
 
 
 @register_notrace_function
-def _check_input_size(x: torch.Tensor, min_size: int) -> None:
+def check_input_size(x: torch.Tensor, min_size: int) -> torch.Tensor:
+    """ Raise a ValueError naming the minimum if ``x`` is too small; returns ``x`` (so that FX keeps the check). """
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise ValueError(
             f'input spatial size {x.shape[-2]}x{x.shape[-1]} is below the minimum {min_size}x{min_size} '
             f'this network accepts (its mask branches max-pool the feature maps down to 1x1)'
         )
+    return x
 
 
 class ResidualAttentionNet(nn.Module):
@@ -341,7 +343,7 @@ class ResidualAttentionNet(nn.Module):
             intermediates_only: Only return intermediate features.
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        _check_input_size(x, self.min_input_size)
+        x = check_input_size(x, self.min_input_size)
         intermediates = []
         num_stages = len(self.stages)
         take_indices, max_index = feature_take_indices(num_stages + 1, indices)
@@ -400,7 +402,7 @@ class ResidualAttentionNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input_size(x, self.min_input_size)
+        x = check_input_size(x, self.min_input_size)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
