@@ -94,10 +94,10 @@ def test_ceil_mode_pool_matches_caffe_windows():
     assert out[0, 0, 0].tolist() == [2., 4., 5.]
 
 
-@pytest.mark.parametrize('name', OFFICIAL)
+@pytest.mark.parametrize('name', OFFICIAL + ['resattninc56', 'resattnet56_cifar', 'resattnet452_cifar'])
 def test_backward_reaches_every_parameter(name):
     model = timm.create_model(name, num_classes=42).train()
-    out = model(torch.randn(2, 3, 64, 64))
+    out = model(torch.randn(2, *_small_size(name)))
     assert out.shape == (2, 42)
     out.mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -317,7 +317,7 @@ def test_unknown_kwarg_is_a_clear_error():
         timm.create_model('resattnet56', not_a_field=3)
 
 
-@pytest.mark.parametrize('name', ['resattnet56', 'resattnext56'])
+@pytest.mark.parametrize('name', ['resattnet56', 'resattnext56', 'resattninc56'])
 def test_torchscript(name):
     with set_layer_config(scriptable=True):
         model = timm.create_model(name).eval()
@@ -340,7 +340,7 @@ def _fx_model(model):
     )
 
 
-@pytest.mark.parametrize('name', ['resattnet92', 'resattnext56'])
+@pytest.mark.parametrize('name', ['resattnet92', 'resattnext56', 'resattninc56'])
 def test_fx_bit_identical(name):
     model = timm.create_model(name, num_classes=10).eval()
     fx_model = _fx_model(model)

@@ -18,7 +18,10 @@ import torch.nn as nn
 
 from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
 
-__all__ = ['PreActBottleneck', 'NeXtBottleneck', 'register_unit', 'create_unit', 'unit_preactivates_input']
+__all__ = [
+    'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
+    'unit_preactivates_input',
+]
 
 
 class PreActBottleneck(nn.Module):
@@ -134,6 +137,76 @@ class NeXtBottleneck(nn.Module):
         return self.act(self.drop_path(x) + shortcut)
 
 
+class PreActInceptionUnit(nn.Module):
+    """ Simplified pre-activation Inception-ResNet unit for AttentionInception-56 (paper §4.2, Table 7).
+
+    The paper gives no definition ("we simplify the Inception"), and none exists in the official repository. This is
+    our design: Inception-ResNet-A's three branches (1x1 / 1x1-3x3 / 1x1-3x3-3x3), narrowed so that the unit costs
+    what the bottleneck it replaces costs, pre-activated like it, merged by a 1x1 conv and added to the shortcut.
+    With ``C = out_chs`` (``bottle_ratio`` = 1/8 sets the branch width)::
+
+        a   = ReLU(BN(x))
+        b0  = conv1x1(a, C/8, stride)
+        b1  = conv1x1(a, C/8)  -> BN-ReLU -> conv3x3(C/8, stride)
+        b2  = conv1x1(a, C/16) -> BN-ReLU -> conv3x3(C/8) -> BN-ReLU -> conv3x3(C/8, stride)
+        y   = conv1x1(ReLU(BN(concat(b0, b1, b2))), C)          # 3C/8 -> C
+        out = y + x   (or + conv1x1(a, C, stride) where the shape changes, as in the pre-act bottleneck)
+
+    It has 1.04 C^2 weights against the pre-act bottleneck's 1.06 C^2 (1x1 in: 0.31, 3x3: 0.35, merge: 0.38).
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            bottle_ratio: float = 0.125,
+            groups: int = 1,
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Type[nn.Module] = BatchNormAct2d,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        dd = {'device': device, 'dtype': dtype}
+        super().__init__()
+        w = int(out_chs * bottle_ratio)  # C/8 by default
+        w_half = w // 2
+        self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
+        self.branch0 = nn.Conv2d(in_chs, w, 1, stride=stride, bias=False, **dd)
+        self.branch1 = nn.Sequential(
+            nn.Conv2d(in_chs, w, 1, bias=False, **dd),
+            norm_layer(w, act_layer=act_layer, **dd),
+            nn.Conv2d(w, w, 3, stride=stride, padding=1, bias=False, **dd),
+        )
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(in_chs, w_half, 1, bias=False, **dd),
+            norm_layer(w_half, act_layer=act_layer, **dd),
+            nn.Conv2d(w_half, w, 3, padding=1, bias=False, **dd),
+            norm_layer(w, act_layer=act_layer, **dd),
+            nn.Conv2d(w, w, 3, stride=stride, padding=1, bias=False, **dd),
+        )
+        self.norm2 = norm_layer(3 * w, act_layer=act_layer, **dd)
+        self.conv_merge = nn.Conv2d(3 * w, out_chs, 1, bias=False, **dd)
+        if in_chs != out_chs or stride != 1:
+            self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd)
+        else:
+            self.downsample = None
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.conv_merge.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_preact = self.norm1(x)
+        shortcut = x
+        if self.downsample is not None:
+            shortcut = self.downsample(x_preact)
+        x = torch.cat([self.branch0(x_preact), self.branch1(x_preact), self.branch2(x_preact)], dim=1)
+        x = self.conv_merge(self.norm2(x))
+        return self.drop_path(x) + shortcut
+
+
 _UNITS: Dict[str, Callable[..., nn.Module]] = {}
 _PREACT_UNITS = set()
 
@@ -165,3 +238,4 @@ def create_unit(name: str, in_chs: int, out_chs: int, **kwargs) -> nn.Module:
 
 register_unit('preact', PreActBottleneck, preactivates_input=True)
 register_unit('next', NeXtBottleneck, preactivates_input=False)
+register_unit('inception', PreActInceptionUnit, preactivates_input=True)

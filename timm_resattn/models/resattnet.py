@@ -20,6 +20,9 @@ import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
@@ -50,6 +53,7 @@ class ResAttnCfg:
         stage_strides: Stride of each stage's first unit.
         stage_units: Plain residual units at the start of each stage (the first one changes width/stride).
         stage_modules: Attention Modules following them in each stage.
+        stage_tail_units: Plain residual units after the modules of each stage (None: none).
         mask_levels: Max-pool levels of the encoder-decoder mask in each stage (0 where there is no module).
         p: Pre-processing units before the trunk/mask split, and post-processing units after the merge.
         t: Trunk units.
@@ -59,7 +63,8 @@ class ResAttnCfg:
         attention_residual: ``(1 + M) * T`` (attention residual learning) if True, else ``M * T``.
         mask_act: Mask activation: ``'mixed'`` (sigmoid), ``'channel'`` (L2 over channels), ``'spatial'``.
         mask_type: ``'encoder_decoder'`` (bottom-up top-down) or ``'local'`` (units at full resolution).
-        local_mask_units: Units of each ``'local'`` mask per stage (None: the encoder-decoder mask's unit count).
+        local_mask_units: Full-resolution units of each ``'local'`` mask per stage (None: as many as match the MACs of
+            the encoder-decoder mask's units, which run at 1/4, 1/16, ... of the area; at least one).
     """
     unit: str = 'preact'
     stem_type: str = 'imagenet'
@@ -68,6 +73,7 @@ class ResAttnCfg:
     stage_strides: Tuple[int, ...] = (1, 2, 2, 2)
     stage_units: Tuple[int, ...] = (1, 1, 1, 3)
     stage_modules: Tuple[int, ...] = (1, 1, 1, 0)
+    stage_tail_units: Optional[Tuple[int, ...]] = None
     mask_levels: Tuple[int, ...] = (3, 2, 1, 0)
     p: int = 1
     t: int = 2
@@ -97,14 +103,25 @@ class ResAttnCfg:
                 raise ValueError(f'stage {i}: stage_units must be >= 1 (the unit that sets width and stride)')
             if modules and self.mask_type == 'encoder_decoder' and levels < 1:
                 raise ValueError(f'stage {i}: an encoder-decoder mask needs mask_levels >= 1, got {levels}')
+        if self.stage_tail_units is not None and len(self.stage_tail_units) != n:
+            raise ValueError(f'stage_tail_units={self.stage_tail_units} must have one entry per stage ({n} stages)')
         if self.local_mask_units is not None and len(self.local_mask_units) != n:
             raise ValueError(f'local_mask_units={self.local_mask_units} must have one entry per stage ({n})')
         return self
 
-    def mask_units(self, stage_idx: int) -> int:
-        """ Residual units in one encoder-decoder mask of a stage: (L-1) r down + 2r lowest + (L-1) skip + (L-1) r up. """
-        levels = self.mask_levels[stage_idx]
-        return (levels - 1) * (2 * self.r + 1) + 2 * self.r if levels else 0
+    def tail_units(self, stage_idx: int) -> int:
+        return self.stage_tail_units[stage_idx] if self.stage_tail_units else 0
+
+    def local_units(self, stage_idx: int) -> int:
+        """ Units of a ``'local'`` mask: explicit, or the full-resolution equivalent of the encoder-decoder mask. """
+        if self.local_mask_units is not None:
+            return self.local_mask_units[stage_idx]
+        levels, r = self.mask_levels[stage_idx], self.r
+        # area of each encoder-decoder unit relative to the trunk: r (2r lowest) after pool k at 4^-k,
+        # one skip and r up units at each level above the lowest
+        area = sum((2 * r if k == levels else r) * 4.0 ** -k for k in range(1, levels + 1))
+        area += sum((1 + r) * 4.0 ** -k for k in range(1, levels))
+        return max(1, round(area))
 
 
 def _pool_out(size: int) -> int:
@@ -191,7 +208,8 @@ class ResidualAttentionNet(nn.Module):
                     f'ResidualAttentionNet got unexpected keyword argument(s) {unknown}; '
                     f'architecture fields that can be overridden: {sorted(cfg_names)}'
                 )
-            cfg = replace(cfg, **kwargs)
+            # lists (e.g. from train.py's --model-kwargs stage_modules=[1,2,3]) become tuples like the defaults
+            cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
         self.cfg = cfg = cfg.validate()
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -217,7 +235,7 @@ class ResidualAttentionNet(nn.Module):
 
         # stages
         unit_kwargs = dict(bottle_ratio=cfg.bottle_ratio, groups=cfg.groups, act_layer=act_layer, **dd)
-        num_blocks = sum(cfg.stage_units) + sum(cfg.stage_modules)
+        num_blocks = sum(cfg.stage_units) + sum(cfg.stage_modules) + sum(cfg.stage_tail_units or ())
         dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         block_idx = 0
         prev_chs = cfg.stem_chs
@@ -237,6 +255,9 @@ class ResidualAttentionNet(nn.Module):
                 block_idx += 1
             for _ in range(cfg.stage_modules[stage_idx]):
                 blocks.append(self._make_attention_module(cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, preact))
+                block_idx += 1
+            for _ in range(cfg.tail_units(stage_idx)):
+                blocks.append(create_unit(cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **unit_kwargs))
                 block_idx += 1
             stride *= cfg.stage_strides[stage_idx]
             stages.append(nn.Sequential(*blocks))
@@ -277,8 +298,7 @@ class ResidualAttentionNet(nn.Module):
         if cfg.mask_type == 'encoder_decoder':
             mask = EncoderDecoderMask(chs, cfg.mask_levels[stage_idx], mask_unit, r=cfg.r, **mask_kwargs)
         else:
-            num_units = cfg.local_mask_units[stage_idx] if cfg.local_mask_units else cfg.mask_units(stage_idx)
-            mask = LocalConvMask(chs, num_units, mask_unit, **mask_kwargs)
+            mask = LocalConvMask(chs, cfg.local_units(stage_idx), mask_unit, **mask_kwargs)
         return AttentionModule(
             pre=nn.Sequential(*[trunk_unit() for _ in range(cfg.p)]),
             trunk=nn.Sequential(*[trunk_unit() for _ in range(cfg.t)]),
@@ -421,11 +441,44 @@ class ResidualAttentionNet(nn.Module):
         return x
 
 
+def _cifar_arch(m: int, p: int = 1, t: int = 2, r: int = 1) -> ResAttnCfg:
+    """ CIFAR Attention-(36m+20) (paper §4.1): ResNet-164's pre-act bottleneck widths (16/32/64, outputs 64/128/256)
+    at 32/16/8 px, m modules per stage, one mask max-pool per stage (32->16, 16->8, 8->4), three tail units.
+
+    Trunk depth: stem conv + 3 x 3 layers (stage-entry units) + 3m x 3(2p+t) (modules) + 3 x 3 (tail units) + fc
+    = 20 + 9m(2p+t), i.e. 36m+20 for p=1 t=2 and 452 for m=6 p=2 t=4.
+    """
+    return ResAttnCfg(
+        unit='preact',
+        stem_type='cifar',
+        stem_chs=16,
+        stage_chs=(64, 128, 256),
+        stage_strides=(1, 2, 2),
+        stage_units=(1, 1, 1),
+        stage_modules=(m, m, m),
+        stage_tail_units=(0, 0, 3),
+        mask_levels=(1, 1, 1),
+        p=p,
+        t=t,
+        r=r,
+    )
+
+
 model_cfgs = dict(
+    # ImageNet nets of the official Caffe files
     resattnet56=ResAttnCfg(unit='preact', stage_modules=(1, 1, 1, 0)),
     resattnet92=ResAttnCfg(unit='preact', stage_modules=(1, 2, 3, 0)),
     resattnext56=ResAttnCfg(unit='next', stage_modules=(1, 1, 1, 0), bottle_ratio=0.5, groups=32),
     resattnext92=ResAttnCfg(unit='next', stage_modules=(1, 2, 3, 0), bottle_ratio=0.5, groups=32),
+    # AttentionInception-56: the Attention-56 skeleton with our simplified Inception unit (no official definition)
+    resattninc56=ResAttnCfg(unit='inception', stage_modules=(1, 1, 1, 0), bottle_ratio=0.125),
+    # CIFAR family (paper §4.1); widths and mask pooling are our reading (the paper gives neither)
+    resattnet56_cifar=_cifar_arch(1),
+    resattnet92_cifar=_cifar_arch(2),
+    resattnet128_cifar=_cifar_arch(3),
+    resattnet164_cifar=_cifar_arch(4),
+    resattnet236_cifar=_cifar_arch(6),
+    resattnet452_cifar=_cifar_arch(6, p=2, t=4, r=3),
 )
 
 
@@ -507,12 +560,32 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
+def _cifar_cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return _cfg(
+        url=url,
+        num_classes=10,
+        input_size=(3, 32, 32),
+        pool_size=(8, 8),
+        crop_pct=1.0,
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        **kwargs,
+    )
+
+
 default_cfgs = generate_default_cfgs({
     # No weights were ever published by the authors for these architectures.
     'resattnet56.untrained': _cfg(),
     'resattnet92.untrained': _cfg(test_input_size=(3, 320, 320), test_crop_pct=1.0),
     'resattnext56.untrained': _cfg(),
     'resattnext92.untrained': _cfg(),
+    'resattninc56.untrained': _cfg(input_size=(3, 299, 299), pool_size=(10, 10)),
+    'resattnet56_cifar.untrained': _cifar_cfg(),
+    'resattnet92_cifar.untrained': _cifar_cfg(),
+    'resattnet128_cifar.untrained': _cifar_cfg(),
+    'resattnet164_cifar.untrained': _cifar_cfg(),
+    'resattnet236_cifar.untrained': _cifar_cfg(),
+    'resattnet452_cifar.untrained': _cifar_cfg(),
 })
 
 
@@ -557,3 +630,51 @@ def resattnext92(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     which no layer produces; we read the only sensible input, the average-pooled features ``ave_pool``.
     """
     return _create_resattnet('resattnext92', pretrained, **kwargs)
+
+
+@register_model
+def resattninc56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ AttentionInception-56 (paper §4.2, Table 7: 31.9M params, 6.3 GFLOPs, evaluated at 299x299).
+
+    No official definition exists: this is the Attention-56 skeleton with our simplified pre-activation
+    Inception-ResNet unit (``PreActInceptionUnit``: 1x1 / 1x1-3x3 / 1x1-3x3-3x3 branches of width C/8, C/8 and
+    C/16-C/8-C/8, merged by a 1x1 conv, residual add). 31,095,432 params (-2.5% vs 31.9M) and 6.216 GMACs at 224
+    (-1.3% vs 6.3); 12.3 GMACs at its default 299.
+    """
+    return _create_resattnet('resattninc56', pretrained, **kwargs)
+
+
+@register_model
+def resattnet56_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ CIFAR Attention-56 (m=1, p=1 t=2 r=1). 1,068,186 params with 10 classes (not in the paper's tables). """
+    return _create_resattnet('resattnet56_cifar', pretrained, **kwargs)
+
+
+@register_model
+def resattnet92_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ CIFAR Attention-92 (m=2, p=1 t=2 r=1). 1,798,426 params with 10 classes (paper Table 6: 1.9M; -5.3%). """
+    return _create_resattnet('resattnet92_cifar', pretrained, **kwargs)
+
+
+@register_model
+def resattnet128_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ CIFAR Attention-128 (m=3, p=1 t=2 r=1). 2,528,666 params with 10 classes. """
+    return _create_resattnet('resattnet128_cifar', pretrained, **kwargs)
+
+
+@register_model
+def resattnet164_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ CIFAR Attention-164 (m=4, p=1 t=2 r=1). 3,258,906 params with 10 classes. """
+    return _create_resattnet('resattnet164_cifar', pretrained, **kwargs)
+
+
+@register_model
+def resattnet236_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ CIFAR Attention-236 (m=6, p=1 t=2 r=1). 4,719,386 params with 10 classes (paper Table 6: 5.1M; -7.5%). """
+    return _create_resattnet('resattnet236_cifar', pretrained, **kwargs)
+
+
+@register_model
+def resattnet452_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ CIFAR Attention-452 (m=6, p=2 t=4 r=3). 9,170,714 params with 10 classes (paper Table 6: 8.6M; +6.6%). """
+    return _create_resattnet('resattnet452_cifar', pretrained, **kwargs)
