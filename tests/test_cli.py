@@ -1,0 +1,71 @@
+""" ``python -m timm_resattn``: the model table and single-image classification. """
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import timm
+from timm_resattn.__main__ import main, model_summary
+
+
+def test_model_summary_counts():
+    s = model_summary('resattnet92')
+    assert s['params'] == 52_466_344
+    assert abs(s['gmacs'] - 10.534) < 0.01
+    assert s['input_size'] == (3, 224, 224) and s['test_input_size'] == (3, 320, 320)
+    assert s['weights'] == []
+
+
+def test_list_table(capsys):
+    assert main(['--filter', '*cifar']) == 0
+    out = capsys.readouterr().out
+    for name in timm.list_models('*cifar', module='resattnet'):
+        assert name in out
+    assert '1,798,426' in out and 'none (architecture only)' in out
+    assert main(['--filter', 'nothing*']) == 2
+
+
+@pytest.fixture(scope='module')
+def image_and_checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('cli')
+    img = tmp / 'img.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+    ckpt = tmp / 'w.safetensors'
+    torch.manual_seed(0)
+    save_file(timm.create_model('resattnet56_cifar').state_dict(), str(ckpt))
+    return img, ckpt
+
+
+def test_classify_with_checkpoint(image_and_checkpoint, capsys):
+    img, ckpt = image_and_checkpoint
+    assert main(['--image', str(img), '--model', 'resattnet56_cifar', '--checkpoint', str(ckpt), '--topk', '3']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 'input (32, 32)' in lines[0]
+    assert len(lines) == 4 and lines[1].startswith('1.')
+    probs = [float(line.split('%')[0].split()[-1]) for line in lines[1:]]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_classify_errors(image_and_checkpoint, tmp_path, capsys):
+    img, _ = image_and_checkpoint
+    assert main(['--image', str(tmp_path / 'missing.jpg'), '--model', 'resattnet56_cifar']) == 2
+    bad = tmp_path / 'bad.jpg'
+    bad.write_bytes(b'not an image')
+    assert main(['--image', str(bad), '--model', 'resattnet56_cifar']) == 2
+    assert main(['--image', str(img), '--model', 'resnet_nope']) == 2
+    assert main(['--image', str(img), '--model', 'resattnet56_cifar', '--pretrained']) == 2
+    err = capsys.readouterr().err
+    assert 'image not found' in err and 'cannot read image' in err and 'unknown model' in err
+    assert 'No pretrained weights exist' in err
+
+
+def test_module_entrypoint_runs():
+    out = subprocess.run(
+        [sys.executable, '-m', 'timm_resattn', '--filter', 'resattnet56_cifar'],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert 'resattnet56_cifar' in out and '1,068,186' in out
