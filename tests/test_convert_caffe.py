@@ -84,6 +84,8 @@ def test_param_map_follows_the_config():
     (dict(stem_type='cifar'), "stem_type='cifar'"),
     (dict(stage_units=(2, 1, 1, 3)), 'stage 0: 2 units'),
     (dict(attention_residual=False), 'attention_residual=False'),
+    (dict(mask_wiring='pytorchcv'), "mask_wiring='pytorchcv'"),
+    (dict(max_pool='torch'), "max_pool='torch'"),
 ])
 def test_param_map_rejects_unofficial_layouts(override, match):
     cfg = replace(model_cfgs['resattnet56'], **override)

@@ -79,6 +79,10 @@ def _check_official_naming(name: str, cfg: ResAttnCfg) -> None:
         problems.append(f"mask_act={cfg.mask_act!r} (the official masks end in a Sigmoid, 'mixed')")
     if not cfg.attention_residual:
         problems.append('attention_residual=False (the official modules compute (1 + M) * T)')
+    if getattr(cfg, 'mask_wiring', 'official') != 'official':
+        problems.append(f"mask_wiring={cfg.mask_wiring!r} (same shapes as the official net, different function)")
+    if getattr(cfg, 'max_pool', 'caffe') != 'caffe':
+        problems.append(f"max_pool={cfg.max_pool!r} (Caffe pools in ceil mode without padding)")
     if cfg.p != 1:
         problems.append(f'p={cfg.p} (Caffe names one pre unit trunk/res1 and one post unit <module>)')
     n = len(cfg.stage_chs)

@@ -14,6 +14,12 @@ resolution, one skip unit per level above the lowest, bilinear upsampling (``ali
 size of the tensor it is merged with, ``r`` units after each merge, a last upsampling to T's size, then the
 mask head ``[BN-ReLU] -> conv1x1 -> BN-ReLU -> conv1x1 -> activation``.
 
+``PytorchcvEncoderDecoderMask`` is the mask branch of the community ``pytorchcv`` ResAttNet instead (the network the
+only public ImageNet checkpoint was trained with): same units and parameter shapes, but each skip unit adds its own
+input (``s + unit(s)``), the trunk output T is added before the mask head (``head(up + T)``), and the max-pools are
+3x3/s2 with padding 1 in floor mode. pytorchcv upsamples by a fixed factor 2, which equals the exact-size bilinear
+resize used here (``align_corners=True``) wherever pytorchcv runs at all, i.e. where every map has an even size.
+
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 from typing import Callable, List
@@ -25,12 +31,28 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, LayerType
 
 __all__ = [
-    'MaskActivation', 'MaskHead', 'EncoderDecoderMask', 'LocalConvMask', 'AttentionModule',
-    'interpolate_like', 'MASK_ACTS', 'MASK_TYPES',
+    'MaskActivation', 'MaskHead', 'EncoderDecoderMask', 'PytorchcvEncoderDecoderMask', 'LocalConvMask',
+    'AttentionModule', 'interpolate_like', 'create_max_pool', 'MASK_ACTS', 'MASK_TYPES', 'MASK_WIRINGS', 'MAX_POOLS',
 ]
 
 MASK_ACTS = ('mixed', 'channel', 'spatial')
 MASK_TYPES = ('encoder_decoder', 'local')
+MASK_WIRINGS = ('official', 'pytorchcv')
+MAX_POOLS = ('caffe', 'torch')
+
+
+def create_max_pool(mode: str = 'caffe') -> nn.MaxPool2d:
+    """ The 3x3/s2 max-pool of the stem and of the mask branches.
+
+    * ``'caffe'``: no padding, ceil mode: Caffe's pooling, as in the official files (56 -> 28, 57 -> 28).
+    * ``'torch'``: padding 1, floor mode: the usual PyTorch port (pytorchcv): 56 -> 28, 57 -> 29, and the windows
+      sit one pixel further left/up than Caffe's.
+    """
+    if mode == 'caffe':
+        return nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+    if mode == 'torch':
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    raise ValueError(f'max_pool={mode!r} is not supported; expected one of {MAX_POOLS}')
 
 
 def interpolate_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -115,13 +137,23 @@ class MaskUpLevel(nn.Module):
         return self.up(interpolate_like(x, skip_in) + self.skip(skip_in))
 
 
+class PytorchcvMaskUpLevel(MaskUpLevel):
+    """ pytorchcv's merge (its ``DoubleSkipBlock``): the skip adds its own input,
+    ``up(interpolate(x -> skip input) + (skip_in + skip(skip_in)))``.
+    """
+
+    def forward(self, x: torch.Tensor, skip_in: torch.Tensor) -> torch.Tensor:
+        return self.up(interpolate_like(x, skip_in) + (skip_in + self.skip(skip_in)))
+
+
 class EncoderDecoderMask(nn.Module):
     """ Bottom-up top-down (hourglass) soft-mask branch.
 
     ``down[i]`` runs after the i-th max-pool (``r`` units, ``2r`` for the lowest level); ``up[i]`` is the i-th merge
     on the way back up, deepest first (its skip unit reads the output of ``down[L-2-i]``). Returns M(x) at the
-    trunk's size.
+    trunk's size. ``max_pool`` picks the pooling (``create_max_pool``; ``'caffe'`` officially).
     """
+    up_level_cls = MaskUpLevel
 
     def __init__(
             self,
@@ -133,6 +165,7 @@ class EncoderDecoderMask(nn.Module):
             mask_act: str = 'mixed',
             act_layer: LayerType = nn.ReLU,
             norm_layer: Callable[..., nn.Module] = BatchNormAct2d,
+            max_pool: str = 'caffe',
             device=None,
             dtype=None,
     ):
@@ -142,13 +175,14 @@ class EncoderDecoderMask(nn.Module):
         if r < 1:
             raise ValueError(f'r (units between adjacent pooling layers) must be >= 1, got r={r}')
         self.levels = levels
-        # Caffe max-pool: 3x3, stride 2, pad 0, ceil mode (not padding=1, which shifts the windows by one pixel).
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
+        # officially Caffe's max-pool: 3x3, stride 2, pad 0, ceil mode (padding=1 shifts the windows by one pixel)
+        self.pool = create_max_pool(max_pool)
         self.down = nn.ModuleList([
             nn.Sequential(*[make_unit() for _ in range(2 * r if i == levels - 1 else r)]) for i in range(levels)
         ])
         self.up = nn.ModuleList([
-            MaskUpLevel(make_unit(), nn.Sequential(*[make_unit() for _ in range(r)])) for _ in range(levels - 1)
+            self.up_level_cls(make_unit(), nn.Sequential(*[make_unit() for _ in range(r)]))
+            for _ in range(levels - 1)
         ])
         self.head = MaskHead(
             chs, preact=preact_head, mask_act=mask_act, act_layer=act_layer, norm_layer=norm_layer,
@@ -164,6 +198,37 @@ class EncoderDecoderMask(nn.Module):
         for i, up in enumerate(self.up):
             x = up(x, feats[num_skips - 1 - i])
         return self.head(interpolate_like(x, trunk))
+
+
+class PytorchcvEncoderDecoderMask(EncoderDecoderMask):
+    """ The soft-mask branch of pytorchcv's ResAttNet (``pytorchcv.models.resattnet.AttBlock``'s hourglass), in the
+    official module layout so that both load the same parameter shapes.
+
+    Differences from ``EncoderDecoderMask`` (the official Caffe wiring)::
+
+        pool  = 3x3/s2 max-pool, padding 1, floor mode        (official: no padding, ceil mode)
+        merge = interpolate(x) + (s + skip(s))                (official: interpolate(x) + skip(s))
+        M     = head(interpolate(x -> T) + T)                 (official: head(interpolate(x -> T)))
+
+    pytorchcv's lowest level runs ``r`` units after the pool (its ``down``) and ``r`` more before the first
+    upsampling (its deepest ``up``): our ``down[-1]``'s ``2r`` units. pytorchcv upsamples by a fixed factor 2
+    (bilinear, ``align_corners=True``), equal to the exact-size resize here wherever its sizes work out (all even);
+    elsewhere pytorchcv fails and this resizes to the merged tensor's size.
+    """
+    up_level_cls = PytorchcvMaskUpLevel
+
+    def __init__(self, *args, max_pool: str = 'torch', **kwargs):
+        super().__init__(*args, max_pool=max_pool, **kwargs)
+
+    def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        feats: List[torch.Tensor] = []
+        for down in self.down:
+            x = down(self.pool(x))
+            feats.append(x)
+        num_skips = len(feats) - 1
+        for i, up in enumerate(self.up):
+            x = up(x, feats[num_skips - 1 - i])
+        return self.head(interpolate_like(x, trunk) + trunk)
 
 
 class LocalConvMask(nn.Module):

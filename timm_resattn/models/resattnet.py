@@ -12,6 +12,7 @@ files disagree, the files win; each entrypoint's docstring says where.
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -33,10 +34,19 @@ try:
 except ImportError:  # older timm
     from timm.layers import feature_take_indices
 
-from ..layers.attention import MASK_ACTS, MASK_TYPES, AttentionModule, EncoderDecoderMask, LocalConvMask
+from ..layers.attention import (
+    MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS, AttentionModule, EncoderDecoderMask, LocalConvMask,
+    PytorchcvEncoderDecoderMask, create_max_pool,
+)
 from ..layers.units import create_unit, unit_preactivates_input
 
-__all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
+__all__ = [
+    'ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn', 'convert_pytorchcv_state_dict',
+    'is_pytorchcv_state_dict',
+]
+
+
+CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,13 @@ class ResAttnCfg:
         mask_type: ``'encoder_decoder'`` (bottom-up top-down) or ``'local'`` (units at full resolution).
         local_mask_units: Full-resolution units of each ``'local'`` mask per stage (None: as many as match the MACs of
             the encoder-decoder mask's units, which run at 1/4, 1/16, ... of the area; at least one).
+        mask_wiring: How the encoder-decoder mask adds up: ``'official'`` (the Caffe files: ``skip(s)`` merges,
+            ``M = head(up)``) or ``'pytorchcv'`` (pytorchcv's ResAttNet, the net of the one public ImageNet checkpoint:
+            ``s + skip(s)`` merges and ``M = head(up + T)``; ``PytorchcvEncoderDecoderMask``). Same parameters.
+        max_pool: The 3x3/s2 max-pools of the stem and the masks: ``'caffe'`` (no padding, ceil mode; official) or
+            ``'torch'`` (padding 1, floor mode; pytorchcv).
+        conv_init: Conv weight init for training from scratch: ``'kaiming_normal_fan_out'`` (timm's ResNet
+            convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
     """
     unit: str = 'preact'
     stem_type: str = 'imagenet'
@@ -84,6 +101,9 @@ class ResAttnCfg:
     mask_act: str = 'mixed'
     mask_type: str = 'encoder_decoder'
     local_mask_units: Optional[Tuple[int, ...]] = None
+    mask_wiring: str = 'official'
+    max_pool: str = 'caffe'
+    conv_init: str = 'kaiming_normal_fan_out'
 
     def validate(self) -> 'ResAttnCfg':
         n = len(self.stage_chs)
@@ -96,6 +116,14 @@ class ResAttnCfg:
             raise ValueError(f'mask_act={self.mask_act!r} is not supported; expected one of {MASK_ACTS}')
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f'mask_type={self.mask_type!r} is not supported; expected one of {MASK_TYPES}')
+        if self.mask_wiring not in MASK_WIRINGS:
+            raise ValueError(f'mask_wiring={self.mask_wiring!r} is not supported; expected one of {MASK_WIRINGS}')
+        if self.mask_wiring != 'official' and self.mask_type != 'encoder_decoder':
+            raise ValueError(f"mask_wiring={self.mask_wiring!r} only applies to mask_type='encoder_decoder'")
+        if self.max_pool not in MAX_POOLS:
+            raise ValueError(f'max_pool={self.max_pool!r} is not supported; expected one of {MAX_POOLS}')
+        if self.conv_init not in CONV_INITS:
+            raise ValueError(f'conv_init={self.conv_init!r} is not supported; expected one of {CONV_INITS}')
         if self.p < 0 or self.t < 1 or self.r < 1:
             raise ValueError(f'need p >= 0, t >= 1 and r >= 1 (paper Fig. 2), got p={self.p}, t={self.t}, r={self.r}')
         for i, (units, modules, levels) in enumerate(zip(self.stage_units, self.stage_modules, self.mask_levels)):
@@ -124,8 +152,12 @@ class ResAttnCfg:
         return max(1, round(area))
 
 
-def _pool_out(size: int) -> int:
-    """ Output size of a 3x3/s2 ceil-mode max-pool without padding (0 if the input is too small). """
+def _pool_out(size: int, mode: str = 'caffe') -> int:
+    """ Output size of the 3x3/s2 max-pool: ceil mode without padding (``'caffe'``; 0 if the input is too small)
+    or floor mode with padding 1 (``'torch'``: ceil(size / 2), any size >= 1 works).
+    """
+    if mode == 'torch':
+        return (size + 1) // 2
     if size < 2:
         return 0
     return (size - 2) // 2 + 1
@@ -135,7 +167,7 @@ def _min_input_size(cfg: ResAttnCfg) -> int:
     """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes). """
     def ok(size: int) -> bool:
         if cfg.stem_type == 'imagenet':
-            size = _pool_out((size + 1) // 2)  # 7x7/2 conv pad 3, then the stem max-pool
+            size = _pool_out((size + 1) // 2, cfg.max_pool)  # 7x7/2 conv pad 3, then the stem max-pool
         for stride, modules, levels in zip(cfg.stage_strides, cfg.stage_modules, cfg.mask_levels):
             size = (size + stride - 1) // stride  # 3x3 conv pad 1 with stride 1 or 2
             if size < 1:
@@ -143,7 +175,7 @@ def _min_input_size(cfg: ResAttnCfg) -> int:
             if modules and cfg.mask_type == 'encoder_decoder':
                 h = size
                 for _ in range(levels):
-                    h = _pool_out(h)
+                    h = _pool_out(h, cfg.max_pool)
                     if h < 1:
                         return False
         return True
@@ -224,8 +256,8 @@ class ResidualAttentionNet(nn.Module):
         if cfg.stem_type == 'imagenet':
             self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, 7, stride=2, padding=3, bias=False, **dd))
             self.stem.add_module('norm', norm_layer(cfg.stem_chs, act_layer=act_layer, **dd))
-            # Caffe max-pool, 3x3/s2 without padding in ceil mode: 112 -> 56 (not 55) at 224.
-            self.stem.add_module('pool', nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True))
+            # Caffe max-pool, 3x3/s2 without padding in ceil mode: 112 -> 56 (not 55) at 224 (or pytorchcv's pad 1)
+            self.stem.add_module('pool', create_max_pool(cfg.max_pool))
             self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=2, module='stem.norm')]
             stride = 4
         else:
@@ -296,7 +328,9 @@ class ResidualAttentionNet(nn.Module):
             dtype=unit_kwargs['dtype'],
         )
         if cfg.mask_type == 'encoder_decoder':
-            mask = EncoderDecoderMask(chs, cfg.mask_levels[stage_idx], mask_unit, r=cfg.r, **mask_kwargs)
+            mask_cls = PytorchcvEncoderDecoderMask if cfg.mask_wiring == 'pytorchcv' else EncoderDecoderMask
+            mask = mask_cls(
+                chs, cfg.mask_levels[stage_idx], mask_unit, r=cfg.r, max_pool=cfg.max_pool, **mask_kwargs)
         else:
             mask = LocalConvMask(chs, cfg.local_units(stage_idx), mask_unit, **mask_kwargs)
         return AttentionModule(
@@ -311,7 +345,10 @@ class ResidualAttentionNet(nn.Module):
     def init_weights(self, zero_init_last: bool = False):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+                if self.cfg.conv_init == 'kaiming_uniform_fan_in':
+                    nn.init.kaiming_uniform_(m.weight)  # pytorchcv's ResAttNet._init_params
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -470,6 +507,11 @@ model_cfgs = dict(
     resattnet92=ResAttnCfg(unit='preact', stage_modules=(1, 2, 3, 0)),
     resattnext56=ResAttnCfg(unit='next', stage_modules=(1, 1, 1, 0), bottle_ratio=0.5, groups=32),
     resattnext92=ResAttnCfg(unit='next', stage_modules=(1, 2, 3, 0), bottle_ratio=0.5, groups=32),
+    # Attention-56 as pytorchcv wires it: the net of the one public ImageNet checkpoint (a community port)
+    resattnet56_pcv=ResAttnCfg(
+        unit='preact', stage_modules=(1, 1, 1, 0), mask_wiring='pytorchcv', max_pool='torch',
+        conv_init='kaiming_uniform_fan_in',
+    ),
     # AttentionInception-56: the Attention-56 skeleton with our simplified Inception unit (no official definition)
     resattninc56=ResAttnCfg(unit='inception', stage_modules=(1, 1, 1, 0), bottle_ratio=0.125),
     # CIFAR family (paper §4.1); widths and mask pooling are our reading (the paper gives neither)
@@ -482,9 +524,147 @@ model_cfgs = dict(
 )
 
 
+# pytorchcv's ResAttNet (``pytorchcv.models.resattnet``) parameter names -> ours. Its residual unit (``ResBlock``)
+# holds the same tensors as ``PreActBottleneck`` under other names.
+_PCV_UNIT_RULES = (
+    (re.compile(r'body\.conv([123])\.bn\.'), r'norm\1.'),
+    (re.compile(r'body\.conv([123])\.conv\.'), r'conv\1.'),
+    (re.compile(r'identity_conv\.'), 'downsample.'),
+)
+_PCV_TOP_LEVEL = (
+    ('features.init_block.conv.conv.', 'stem.conv.'),
+    ('features.init_block.conv.bn.', 'stem.norm.'),
+    ('features.post_activ.bn.', 'norm.'),
+    ('output.', 'head.fc.'),
+)
+_PCV_UNIT_KEY = re.compile(r'features\.stage(\d+)\.unit(\d+)\.(.+)')
+_PCV_BLOCK = re.compile(r'block(\d+)\.(.+)')
+
+
+def is_pytorchcv_state_dict(state_dict: Dict[str, Any]) -> bool:
+    """ True if ``state_dict`` (already unwrapped, ``module.`` stripped) has pytorchcv's ResAttNet names. """
+    return any(k.startswith('features.init_block.') for k in state_dict)
+
+
+def _pcv_unit_key(rest: str) -> Optional[str]:
+    for pattern, repl in _PCV_UNIT_RULES:
+        if pattern.match(rest):
+            return pattern.sub(repl, rest, count=1)
+    return None
+
+
+def _pcv_attention_key(rest: str, levels: int, r: int) -> Optional[str]:
+    """ Map a key below one pytorchcv ``AttBlock`` (hourglass depth ``levels``) to our ``AttentionModule``.
+
+    pytorchcv's hourglass, for depth L: ``down{l}`` = pool + r units (our ``mask.down.{l-1}``); ``up{l}`` = r units +
+    x2 upsampling, where the deepest ``up{L}`` runs right after ``down{L}`` (the second half of our
+    ``mask.down.{L-1}``'s 2r units) and ``up{l}``, l < L, follows the merge with ``skip{l+1}`` (our
+    ``mask.up.{L-1-l}.up``); ``skip1`` is the trunk; ``skip{m}``, m >= 2, wraps one unit as ``skip1`` (our
+    ``mask.up.{L-m}.skip``); ``middle_block`` is the mask head; ``final_block`` the post unit.
+    """
+    def units(prefix: str, tail: str, offset: int = 0) -> Optional[str]:
+        m = _PCV_BLOCK.fullmatch(tail)
+        if m is None:
+            return None
+        unit = _pcv_unit_key(m.group(2))
+        return None if unit is None else f'{prefix}.{int(m.group(1)) - 1 + offset}.{unit}'
+
+    m = re.fullmatch(r'init_blocks\.blocks\.(.+)', rest)
+    if m:
+        return units('pre', m.group(1))
+    m = re.fullmatch(r'hg\.skip_seq\.skip1\.blocks\.(.+)', rest)
+    if m:
+        return units('trunk', m.group(1))
+    m = re.fullmatch(r'hg\.skip_seq\.skip(\d+)\.skip1\.(.+)', rest)
+    if m and 2 <= int(m.group(1)) <= levels:
+        unit = _pcv_unit_key(m.group(2))
+        return None if unit is None else f'mask.up.{levels - int(m.group(1))}.skip.{unit}'
+    m = re.fullmatch(r'hg\.down_seq\.down(\d+)\.res_blocks\.blocks\.(.+)', rest)
+    if m and 1 <= int(m.group(1)) <= levels:
+        return units(f'mask.down.{int(m.group(1)) - 1}', m.group(2))
+    m = re.fullmatch(r'hg\.up_seq\.up(\d+)\.res_blocks\.blocks\.(.+)', rest)
+    if m and 1 <= int(m.group(1)) <= levels:
+        level = int(m.group(1))
+        if level == levels:
+            return units(f'mask.down.{levels - 1}', m.group(2), offset=r)
+        return units(f'mask.up.{levels - 1 - level}.up', m.group(2))
+    m = re.fullmatch(r'middle_block\.conv([12])\.(bn|conv)\.(.+)', rest)
+    if m:
+        return f"mask.head.{'norm' if m.group(2) == 'bn' else 'conv'}{m.group(1)}.{m.group(3)}"
+    m = re.fullmatch(r'final_block\.(.+)', rest)
+    if m:
+        unit = _pcv_unit_key(m.group(1))
+        return None if unit is None else f'post.0.{unit}'
+    return None
+
+
+def _check_pytorchcv_target(model: nn.Module) -> ResAttnCfg:
+    cfg = getattr(model, 'cfg', None)
+    ok = (
+        isinstance(cfg, ResAttnCfg) and cfg.mask_wiring == 'pytorchcv' and cfg.max_pool == 'torch'
+        and cfg.unit == 'preact' and cfg.stem_type == 'imagenet' and cfg.mask_type == 'encoder_decoder'
+        and cfg.p == 1 and cfg.attention_residual and cfg.mask_act == 'mixed' and not cfg.stage_tail_units
+    )
+    if not ok:
+        what = (
+            f"a model with mask_wiring={cfg.mask_wiring!r}, max_pool={cfg.max_pool!r}, unit={cfg.unit!r}"
+            if isinstance(cfg, ResAttnCfg) else f'a {type(model).__name__}'
+        )
+        raise ValueError(
+            f"these are pytorchcv ResAttNet weights (keys like 'features.init_block.conv.conv.weight'): they "
+            f"compute pytorchcv's function only in an architecture wired like pytorchcv's, i.e. 'resattnet56_pcv' "
+            f"(mask_wiring='pytorchcv', max_pool='torch', pre-activation units, p=1), not in {what}. The official "
+            f"nets have the same parameter shapes but a different mask branch, so loading into them would run but "
+            f"be wrong. Use timm.create_model('resattnet56_pcv', pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='resattnet56.pth'))."
+        )
+    return cfg
+
+
+def convert_pytorchcv_state_dict(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """ Rename a pytorchcv ResAttNet state_dict (``pytorchcv.models.resattnet``, ``module.`` already stripped) to
+    ``model``'s names. ``model`` must be wired like pytorchcv (``resattnet56_pcv``); unknown keys are an error.
+    """
+    cfg = _check_pytorchcv_target(model)
+    out, unknown = {}, []
+    for k, v in state_dict.items():
+        new = None
+        for src, dst in _PCV_TOP_LEVEL:
+            if k.startswith(src):
+                new = dst + k[len(src):]
+                break
+        if new is None:
+            m = _PCV_UNIT_KEY.fullmatch(k)
+            if m:
+                stage, idx, rest = int(m.group(1)) - 1, int(m.group(2)) - 1, m.group(3)
+                if 0 <= stage < len(cfg.stage_chs):
+                    if idx < cfg.stage_units[stage]:
+                        sub = _pcv_unit_key(rest)
+                    else:
+                        sub = _pcv_attention_key(rest, cfg.mask_levels[stage], cfg.r)
+                    if sub is not None:
+                        new = f'stages.{stage}.{idx}.{sub}'
+        if new is None:
+            unknown.append(k)
+        else:
+            out[new] = v
+    if unknown:
+        raise ValueError(
+            f'{len(unknown)} pytorchcv key(s) have no counterpart in this {type(model).__name__} '
+            f'(stage units {cfg.stage_units}, modules {cfg.stage_modules}, mask levels {cfg.mask_levels}): '
+            f'{unknown[:5]}{" ..." if len(unknown) > 5 else ""}'
+        )
+    return out
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
     """ Unwrap training checkpoints (``state_dict`` / ``model`` / ``state_dict_ema`` entries) and strip the
-    ``module.`` prefix DataParallel/DDP adds. Caffe weights go through ``timm_resattn.convert.caffe`` first.
+    ``module.`` prefix DataParallel/DDP adds. Our own state_dicts pass through otherwise unchanged.
+
+    pytorchcv ResAttNet weights (recognised by ``features.init_block.*`` keys; e.g. the community resattnet56
+    checkpoint, a ``{'state_dict': {'module.features...': ...}, 'optimizer': ..., ...}`` training dict) are renamed
+    to ours when ``model`` is wired like pytorchcv (``resattnet56_pcv``), and rejected with a ValueError otherwise.
+    Caffe weights go through ``timm_resattn.convert.caffe`` first.
     """
     if isinstance(state_dict, dict):
         for key in ('state_dict', 'model', 'state_dict_ema'):
@@ -496,6 +676,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet
         if k.startswith('module.'):
             k = k[len('module.'):]
         out[k] = v
+    if is_pytorchcv_state_dict(out):
+        out = convert_pytorchcv_state_dict(out, model)
     return out
 
 
@@ -525,19 +707,93 @@ def _check_pretrained_available(variant: str, kwargs: Dict[str, Any]) -> None:
     )
 
 
+# Stands in for a local weight file's tensors in ``pretrained_cfg['state_dict']`` (see ``_prepare_pretrained``).
+_LOADED_FILE_KEY = '__timm_resattn_loaded_file__'
+
+
+def _weights_source(cfg) -> Tuple[str, str]:
+    """ (route, description) of the weights ``cfg`` points at, in the priority order of timm's
+    ``_resolve_pretrained_source``: hf-hub / local-dir sources, then state_dict, file, hf_hub_id, url. """
+    if cfg.source == 'hf-hub':
+        return 'hf-hub', f"Hugging Face Hub weights 'hf-hub:{cfg.hf_hub_id}'"
+    if cfg.source == 'local-dir':
+        return 'local-dir', f"weights in 'local-dir:{cfg.file}'"
+    if cfg.state_dict:
+        return 'state_dict', "the state_dict given in the pretrained cfg"
+    if cfg.file:
+        return 'file', f"weight file '{cfg.file}'"
+    if cfg.hf_hub_id:
+        return 'hf-hub', f"Hugging Face Hub weights '{cfg.hf_hub_id}'"
+    return 'url', f"weights at '{cfg.url}'"
+
+
+def _prepare_pretrained(variant: str, kwargs: Dict[str, Any]):
+    """ Route ``pretrained=True`` loading through ``timm_resattn.weights``.
+
+    A local ``file`` (``pretrained_cfg_overlay=dict(file=...)``, train.py ``--pretrained-path``) is read here with
+    ``load_state_dict_file`` (safetensors, or ``torch.load(weights_only=True)``; clear errors for corrupt files and
+    code-executing pickles). timm's ``load_pretrained`` still does the loading (``state_dict`` outranks ``file`` in
+    its source resolution), so ``checkpoint_filter_fn``, in_chans adaptation and the classifier reset for another
+    ``num_classes`` all still apply. The cfg carries only a one-entry stand-in for the tensors (timm deep-copies the
+    cfg), which the filter swaps for the real ones. Every source (file, hf-hub, local-dir, url, state_dict) is then
+    checked against the model by ``check_state_dict`` so that mismatches fail with a short, specific message.
+
+    Returns:
+        (kwargs for build_model_with_cfg, pretrained filter fn)
+    """
+    from ..weights import check_state_dict, load_state_dict_file
+
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
+    route, source = _weights_source(cfg)
+    loaded = None
+    if route == 'file' and not cfg.custom_load:
+        loaded = load_state_dict_file(cfg.file)
+        overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+        overlay.update(state_dict={_LOADED_FILE_KEY: cfg.file}, custom_load=False)
+        kwargs = dict(kwargs, pretrained_cfg_overlay=overlay)
+    features_only = bool(kwargs.get('features_only', False))
+
+    def _filter(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
+        if loaded is not None and isinstance(state_dict, dict) and _LOADED_FILE_KEY in state_dict:
+            state_dict = loaded
+        state_dict = checkpoint_filter_fn(state_dict, model)
+        # features_only builds load with num_classes=0: the classifier is dropped
+        check_state_dict(state_dict, model, source=source, drop_classifier=True if features_only else None)
+        return state_dict
+
+    return kwargs, _filter
+
+
+def _forget_loaded_state_dict(model: nn.Module) -> None:
+    """ Keep no tensors (nor their stand-in) in ``model.pretrained_cfg`` once loaded (EMA/deepcopy, hub export). """
+    for attr in ('pretrained_cfg', 'default_cfg'):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict):
+            cfg.pop('state_dict', None)
+
+
 def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    filter_fn = checkpoint_filter_fn
     if pretrained:
         _check_pretrained_available(variant, kwargs)
+        kwargs, filter_fn = _prepare_pretrained(variant, kwargs)
     num_stages = len(model_cfgs[variant].stage_chs)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         ResidualAttentionNet,
         variant,
         pretrained,
         model_cfg=model_cfgs[variant],
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_stages + 1))),
         **kwargs,
     )
+    if pretrained:
+        _forget_loaded_state_dict(model)
+    return model
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -579,6 +835,24 @@ default_cfgs = generate_default_cfgs({
     'resattnet92.untrained': _cfg(test_input_size=(3, 320, 320), test_crop_pct=1.0),
     'resattnext56.untrained': _cfg(),
     'resattnext92.untrained': _cfg(),
+    # The one public ImageNet checkpoint of a Residual Attention Network: a community port, not the authors'.
+    'resattnet56_pcv.pq_in1k': _cfg(
+        url='https://github.com/phamquiluan/ResidualAttentionNetwork/releases/download/v0.1.0/resattnet56.pth',
+        num_classes=1000,
+        # its evaluation: Resize(256) + CenterCrop(224), bilinear (torchvision's default), ImageNet mean/std
+        crop_pct=0.875,
+        interpolation='bilinear',
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        origin_url='https://github.com/phamquiluan/ResidualAttentionNetwork',
+        license='unknown',  # the repository declares no license
+        notes=(
+            'Weights of the community resattnet56 of phamquiluan/ResidualAttentionNetwork (release v0.1.0), '
+            "trained with pytorchcv's ResAttNet-56 (not the authors' Caffe net, whose weights were never released).",
+            'ImageNet-1k val 77.02 top-1 / 93.57 top-5 at 224 (Resize 256, CenterCrop 224), as reported by its '
+            'author, not measured here.',
+        ),
+    ),
     'resattninc56.untrained': _cfg(input_size=(3, 299, 299), pool_size=(10, 10)),
     'resattnet56_cifar.untrained': _cifar_cfg(),
     'resattnet92_cifar.untrained': _cifar_cfg(),
@@ -599,6 +873,35 @@ def resattnet56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     AVE pool is global at 224 only).
     """
     return _create_resattnet('resattnet56', pretrained, **kwargs)
+
+
+@register_model
+def resattnet56_pcv(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    """ Attention-56 wired as the ``pytorchcv`` package's ``resattnet56`` (v0.0.74), the architecture of the only
+    public ImageNet checkpoint (``resattnet56_pcv.pq_in1k``: a community port's weights, phamquiluan/
+    ResidualAttentionNetwork; 77.02 / 93.57 top-1/top-5 as reported by its author, not measured here).
+
+    Same modules and parameter shapes as ``resattnet56`` (31,810,728 params), same pre-activation units, stem conv,
+    mask head, ``(1 + M) * T`` and final BN-ReLU; given the same weights it computes pytorchcv's function, not the
+    official one. Exactly how it differs from the official Caffe wiring:
+
+    * every 3x3/s2 max-pool (stem and masks) pads by 1 in floor mode (official: no padding, ceil mode), so the
+      windows sit one pixel to the left/up, and odd sizes round up (57 -> 29, official 57 -> 28);
+    * each skip connection of the mask adds its own input: ``interp(x) + (s + unit(s))`` (official:
+      ``interp(x) + unit(s)``);
+    * the trunk output is added to the mask before the mask head: ``M = head(interp(x -> T) + T)`` (official:
+      ``M = head(interp(x -> T))``);
+    * conv weights init with ``kaiming_uniform_`` (fan-in), only relevant when training from scratch.
+
+    Where pytorchcv itself can't run, this net still does: pytorchcv upsamples by a fixed factor 2 (fails unless
+    every mask map has an even size: at 224 it works, at 200 or 72 it raises) and pools with a fixed 7x7 average
+    (only 224 gives its classifier 2048 features); here upsampling resizes to the merged tensor's exact size
+    (bilinear, ``align_corners=True``, identical where pytorchcv runs) and the pool is global.
+
+    ``timm.create_model('resattnet56_pcv', pretrained=True)`` downloads the released file;
+    ``checkpoint_filter_fn`` renames pytorchcv's parameter names to ours.
+    """
+    return _create_resattnet('resattnet56_pcv', pretrained, **kwargs)
 
 
 @register_model
