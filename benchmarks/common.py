@@ -1,0 +1,197 @@
+""" Shared pieces of the benchmark programs: model set-up, one timed step per mode, environment capture.
+
+Hacked together by the timm-resattn authors, Apache-2.0.
+"""
+import contextlib
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm
+import timm_resattn  # noqa: F401  (registers the models with timm)
+from timm_resattn.fuse import fuse_bn
+
+__all__ = [
+    'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',
+    'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT',
+]
+
+PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+MODES = ('infer', 'train')
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BenchConfig:
+    """ The settings every measured step shares. """
+    device: str = 'cpu'
+    batch_size: int = 8
+    img_size: int = 224
+    precision: str = 'fp32'
+    channels_last: bool = False
+    compile: bool = False
+    fuse_bn: bool = False
+    lr: float = 1e-4
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def autocast_ctx(cfg: BenchConfig):
+    """ ``torch.autocast`` for bf16/fp16, a null context for fp32. """
+    if cfg.precision == 'fp32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(cfg.device).type, dtype=PRECISIONS[cfg.precision])
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def create_model(name: str) -> nn.Module:
+    """ A randomly initialised timm model (1000 classes), on the CPU in fp32. """
+    return timm.create_model(name, pretrained=False, num_classes=1000)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
+    """ Multiply-accumulates of one image's forward (eval mode): ``FlopCounterMode`` total / 2. """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(1, in_chans, img_size, img_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+class Step:
+    """ One benchmark step of a model in one mode: ``prepare()`` (outside the timed region) then ``step()``. """
+
+    def __init__(self, model: nn.Module, training: bool, fn: Callable[[], None]):
+        self.model = model
+        self.training = training
+        self.fn = fn
+
+    def prepare(self) -> None:
+        """ Put the model in this step's mode (infer and train may share one model). """
+        if self.model.training != self.training:
+            self.model.train(self.training)
+
+    def __call__(self) -> None:
+        self.fn()
+
+
+def make_step(model: nn.Module, mode: str, cfg: BenchConfig, fuse_inplace: bool = False) -> Step:
+    """ Prepare ``model`` for ``mode`` and return a ``Step`` running one step on a fixed random batch.
+
+    * ``infer``: eval mode, ``torch.no_grad``, forward only (BN folded first when ``cfg.fuse_bn``: into a copy, the
+      caller's model left as it is, unless ``fuse_inplace``).
+    * ``train``: train mode, forward + cross-entropy + backward + SGD (momentum 0.9) step, optimizer state kept
+      across steps; fp16 uses a ``GradScaler``.
+
+    The model is moved to ``cfg.device`` / ``cfg.memory_format`` (in place) and wrapped in ``torch.compile`` when
+    asked. Call ``Step.prepare()`` before timing a run of steps: it sets the mode the step needs.
+    """
+    if mode not in MODES:
+        raise ValueError(f'mode={mode!r}; expected one of {MODES}')
+    device = torch.device(cfg.device)
+    model = model.to(device=device, memory_format=cfg.memory_format)
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
+    x = x.contiguous(memory_format=cfg.memory_format)
+
+    if mode == 'infer':
+        model.eval()
+        if cfg.fuse_bn:
+            model = fuse_bn(model, inplace=fuse_inplace)
+        fwd = torch.compile(model) if cfg.compile else model
+
+        def infer_step() -> None:
+            with torch.no_grad(), autocast_ctx(cfg):
+                fwd(x)
+
+        return Step(model, False, infer_step)
+
+    model.train()
+    target = torch.randint(0, 1000, (cfg.batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
+    fwd = torch.compile(model) if cfg.compile else model
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_ctx(cfg):
+            loss = F.cross_entropy(fwd(x), target)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+    return Step(model, True, train_step)
+
+
+def cpu_model_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str) -> Dict[str, Any]:
+    """ Versions, hardware and threading settings of this run. """
+    dev = torch.device(device)
+    env: Dict[str, Any] = {
+        'torch': torch.__version__,
+        'timm': timm.__version__,
+        'timm_resattn': timm_resattn.__version__,
+        'python': platform.python_version(),
+        'platform': platform.platform(),
+        'cpu_model': cpu_model_name(),
+        'cpu_count': os.cpu_count(),
+        'threads': torch.get_num_threads(),
+        'interop_threads': torch.get_num_interop_threads(),
+        'mkldnn': torch.backends.mkldnn.is_available(),
+        'git_commit': _git_commit(),
+    }
+    if dev.type == 'cuda':
+        env['device_name'] = torch.cuda.get_device_name(dev)
+        env['cuda'] = torch.version.cuda
+        env['cudnn'] = torch.backends.cudnn.version()
+    else:
+        env['device_name'] = env['cpu_model']
+    return env

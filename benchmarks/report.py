@@ -1,0 +1,141 @@
+""" Output writers of the benchmark: CSV, JSON, Markdown table, PNG plot.
+
+Hacked together by the timm-resattn authors, Apache-2.0.
+"""
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+__all__ = ['CSV_COLUMNS', 'write_csv', 'write_json', 'write_markdown', 'write_plot', 'OUTPUT_FILES']
+
+OUTPUT_FILES = {
+    'csv': 'results.csv',
+    'json': 'results.json',
+    'md': 'results.md',
+    'png': 'throughput_vs_gmacs.png',
+}
+
+CSV_COLUMNS = [
+    'model', 'kind', 'mode', 'params_m', 'gmacs', 'img_s_median', 'img_s_min', 'img_s_max', 'ms_per_step_median',
+    'peak_mem_mib', 'peer', 'speedup_vs_peer', 'mac_ratio_peer_over_ours', 'device', 'device_name', 'precision',
+    'batch_size', 'img_size', 'channels_last', 'compile', 'fuse_bn', 'threads', 'repeats', 'iters', 'warmup',
+]
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def write_csv(rows: List[Dict[str, Any]], path: Path) -> None:
+    """ One row per (model, mode), columns ``CSV_COLUMNS``. """
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction='ignore')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+
+
+def write_json(data: Dict[str, Any], path: Path) -> None:
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=2)
+        f.write('\n')
+
+
+def write_markdown(data: Dict[str, Any], path: Path) -> None:
+    """ The results table of every model, then each of our nets against its ResNet peer. """
+    cfg, env, modes = data['config'], data['env'], data['config']['modes']
+    models, rows = data['models'], data['rows']
+    by_key = {(r['model'], r['mode']): r for r in rows}
+    opts = [cfg['precision']]
+    if cfg['channels_last']:
+        opts.append('channels_last')
+    if cfg['compile']:
+        opts.append('torch.compile')
+    if cfg['fuse_bn']:
+        opts.append('BN folded (inference)')
+    lines = [
+        f"# Throughput: {env['device_name']} ({cfg['device']}), {', '.join(opts)}, batch {cfg['batch_size']}, "
+        f"{cfg['img_size']}x{cfg['img_size']}, {env['threads']} threads",
+        '',
+        f"torch {env['torch']}, timm {env['timm']}, timm_resattn {env['timm_resattn']}"
+        + (f", commit {env['git_commit']}" if env.get('git_commit') else '')
+        + f". Median of {cfg['repeats']} interleaved repeats of {cfg['iters']} steps each "
+        f"({cfg['warmup']} warm-up steps excluded). Train = forward + backward + SGD step. "
+        f"Peak memory: {data['memory_method']}."
+        + (f" 1-min load average {env['loadavg_1min_start']} at the start, {env['loadavg_1min_end']} at the end "
+           f"({env['cpu_count']} CPUs): a load above the CPU count means the timings are contended."
+           if env.get('loadavg_1min_start') is not None and cfg['device'] == 'cpu' else ''),
+        '',
+    ]
+    head = ['model', 'params (M)', 'GMACs']
+    for mode in modes:
+        head += [f'{mode} img/s', f'{mode} ms/step']
+    for mode in modes:
+        head.append(f'{mode} peak MiB')
+    lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for name, info in models.items():
+        cells = [f"`{name}`", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e9:.2f}"]
+        for mode in modes:
+            r = by_key.get((name, mode), {})
+            cells += [_fmt(r.get('img_s_median'), '.2f'), _fmt(r.get('ms_per_step_median'), '.1f')]
+        for mode in modes:
+            cells.append(_fmt(by_key.get((name, mode), {}).get('peak_mem_mib'), '.0f'))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+
+    ours = [n for n, info in models.items() if info['kind'] == 'ours' and info.get('peer')]
+    if ours:
+        lines += [
+            '',
+            '## Against the ResNet peer',
+            '',
+            'Speed-up = our images/s / the peer\'s images/s (same mode); MAC ratio = peer GMACs / our GMACs, the '
+            'speed-up a net would get if time were proportional to MACs.',
+            '',
+        ]
+        head = ['model', 'peer'] + [f'{mode} speed-up' for mode in modes] + ['MAC ratio']
+        lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+        for name in ours:
+            peer = models[name]['peer']
+            cells = [f'`{name}`', f'`{peer}`']
+            for mode in modes:
+                cells.append(_fmt(by_key.get((name, mode), {}).get('speedup_vs_peer'), '.2f') + 'x')
+            cells.append(f"{models[name]['mac_ratio']:.2f}x")
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    path.write_text('\n'.join(lines) + '\n')
+
+
+def write_plot(data: Dict[str, Any], path: Path) -> None:
+    """ Throughput against GMACs, one panel per mode, one labelled marker per model. Needs matplotlib. """
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError(
+            'the throughput plot needs matplotlib: pip install -e ".[bench]" (or pip install matplotlib), '
+            'or pass --no-plot'
+        ) from e
+    cfg, models, rows = data['config'], data['models'], data['rows']
+    modes = cfg['modes']
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        xmax = ymax = 0.
+        for r in rows:
+            if r['mode'] != mode or r.get('img_s_median') is None:
+                continue
+            xmax, ymax = max(xmax, r['gmacs']), max(ymax, r['img_s_median'])
+            ours = models[r['model']]['kind'] == 'ours'
+            x, y = r['gmacs'], r['img_s_median']
+            ax.scatter([x], [y], marker='o' if ours else 's', s=60, color='tab:red' if ours else 'tab:blue',
+                       edgecolor='black', zorder=3)
+            ax.annotate(r['model'], (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
+        ax.set_xlabel(f"GMACs / image ({cfg['img_size']}x{cfg['img_size']})")
+        ax.set_ylabel('images / s')
+        ax.set_title(f"{mode}: {cfg['device']} {cfg['precision']}, batch {cfg['batch_size']}")
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(0, 1.15 * ymax or 1)
+        ax.set_xlim(0, 1.3 * xmax or 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

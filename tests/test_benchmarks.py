@@ -1,0 +1,75 @@
+""" Smoke test of the benchmark program (``python -m benchmarks.run``): runs end to end on tiny settings and checks
+the files it writes. No timing assertions.
+"""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not part of the installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.mark.timeout(120)
+def test_benchmark_end_to_end(tmp_path):
+    pytest.importorskip('matplotlib')  # the plot; in the `test` and `bench` extras
+    out = tmp_path / 'bench'
+    cmd = [
+        sys.executable, '-m', 'benchmarks.run',
+        '--models', 'resattnet56', '--peers', 'resnet18', '--device', 'cpu', '--threads', '1',
+        '--img-size', '64', '--batch-size', '1', '--repeats', '1', '--iters', '1', '--warmup', '0',
+        '--memory-steps', '1', '--fuse-bn', '--out', str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    from benchmarks.report import CSV_COLUMNS, OUTPUT_FILES
+    for f in OUTPUT_FILES.values():
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+
+    with open(out / OUTPUT_FILES['csv']) as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    assert {(r['model'], r['mode']) for r in rows} == {
+        ('resattnet56', 'infer'), ('resattnet56', 'train'), ('resnet18', 'infer'), ('resnet18', 'train')}
+    for r in rows:
+        assert float(r['img_s_median']) > 0
+        assert float(r['peak_mem_mib']) > 0
+        assert r['fuse_bn'] == 'True'
+    ours = [r for r in rows if r['model'] == 'resattnet56']
+    assert all(r['peer'] == 'resnet18' and float(r['speedup_vs_peer']) > 0 for r in ours)
+    assert float(ours[0]['gmacs']) == pytest.approx(0.514, abs=0.01)  # MACs counted at the run's 64 px
+    assert float(ours[0]['mac_ratio_peer_over_ours']) == pytest.approx(0.149 / 0.514, rel=0.05)
+
+    data = json.loads((out / OUTPUT_FILES['json']).read_text())
+    assert data['env']['torch'] and data['env']['timm'] and data['env']['threads'] == 1
+    assert data['env']['cpu_model']
+    assert data['config']['img_size'] == 64
+    assert set(data['models']) == {'resattnet56', 'resnet18'}
+    assert data['models']['resattnet56']['params'] == 31_810_728
+    assert len(data['results']) == 4
+    for res in data['results']:
+        assert len(res['repeat_seconds']) == 1 and res['img_s_median'] > 0
+
+    md = (out / OUTPUT_FILES['md']).read_text()
+    assert '| `resattnet56` | `resnet18` |' in md
+    assert 'MAC ratio' in md and 'infer speed-up' in md and 'train speed-up' in md
+
+    assert (out / OUTPUT_FILES['png']).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_benchmark_args():
+    from benchmarks.run import PEER_OF, parse_args
+    args = parse_args(['--peers', 'resnet18', '--modes', 'infer', '--no-plot'])
+    assert 'resattnet56' in args.models and 'resattnet92' in args.models  # default: every registered net of ours
+    assert args.modes == ['infer'] and args.peers == ['resnet18']
+    assert PEER_OF['resattnet56'] == 'resnet152' and PEER_OF['resattnet92'] == 'resnet200'
+    with pytest.raises(SystemExit):
+        parse_args(['--models', 'no_such_model_xyz'])
+    with pytest.raises(SystemExit):
+        parse_args(['--modes', 'infer,fly'])
