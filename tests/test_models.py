@@ -389,3 +389,19 @@ def test_cfg_overrides_are_validated():
     with pytest.raises(ValueError, match='stage_modules'):
         timm.create_model('resattnet56', stage_modules=(1, 1))
     assert isinstance(timm.create_model('resattnet56', device='meta'), ResidualAttentionNet)
+
+
+@pytest.mark.parametrize('mode, kwargs', [('caffe', dict(ceil_mode=True)), ('torch', dict(padding=1))])
+def test_cpu_fast_max_pool_is_exact(mode, kwargs):
+    from timm_resattn.layers.attention import MaxPool2dCpuFast, create_max_pool
+    pool = create_max_pool(mode)
+    assert isinstance(pool, MaxPool2dCpuFast)
+    ref = nn.MaxPool2d(3, 2, **kwargs)
+    for shape in [(2, 8, 56, 56), (1, 16, 57, 31), (1, 4, 2, 3)]:
+        x = torch.randn(shape, requires_grad=True)
+        out = pool(x)
+        assert out.is_contiguous() and torch.equal(out, ref(x))
+        out.sum().backward()
+        assert x.grad.sum().item() == out.numel()  # each output routes its gradient to exactly one input
+        xcl = x.detach().contiguous(memory_format=torch.channels_last)
+        assert torch.equal(pool(xcl), ref(xcl))
