@@ -21,13 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME = 'resattnet56_cifar'
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: avoid thread oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _trained_like(model):

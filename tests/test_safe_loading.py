@@ -12,15 +12,7 @@ from timm_resattn.weights import WeightsError, check_state_dict, load_state_dict
 
 NAME = 'resattnet56_cifar'
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-pytestmark = pytest.mark.filterwarnings('ignore:Detected pickle protocol')
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: avoid thread oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings('ignore:Detected pickle protocol'), pytest.mark.usefixtures('one_thread')]
 
 
 @pytest.fixture(scope='module')

@@ -25,13 +25,7 @@ from timm.utils import CheckpointSaver, ModelEmaV3, ParseKwargs
 NAME = 'resattnet56_cifar'
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: avoid thread oversubscription
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _child_env(**extra):

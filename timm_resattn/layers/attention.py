@@ -214,7 +214,8 @@ class EncoderDecoderMask(nn.Module):
             device=device, dtype=dtype,
         )
 
-    def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+    def hourglass(self, x: torch.Tensor) -> torch.Tensor:
+        """ The bottom-up top-down path, up to (not including) the last upsampling to the trunk's size. """
         feats: List[torch.Tensor] = []
         for down in self.down:
             x = down(self.pool(x))
@@ -222,7 +223,10 @@ class EncoderDecoderMask(nn.Module):
         num_skips = len(feats) - 1
         for i, up in enumerate(self.up):
             x = up(x, feats[num_skips - 1 - i])
-        return self.head(interpolate_like(x, trunk))
+        return x
+
+    def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        return self.head(interpolate_like(self.hourglass(x), trunk))
 
 
 class PytorchcvEncoderDecoderMask(EncoderDecoderMask):
@@ -246,14 +250,7 @@ class PytorchcvEncoderDecoderMask(EncoderDecoderMask):
         super().__init__(*args, max_pool=max_pool, **kwargs)
 
     def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
-        feats: List[torch.Tensor] = []
-        for down in self.down:
-            x = down(self.pool(x))
-            feats.append(x)
-        num_skips = len(feats) - 1
-        for i, up in enumerate(self.up):
-            x = up(x, feats[num_skips - 1 - i])
-        return self.head(interpolate_like(x, trunk) + trunk)
+        return self.head(interpolate_like(self.hourglass(x), trunk) + trunk)
 
 
 class LocalConvMask(nn.Module):

@@ -1,0 +1,15 @@
+import pytest
+import torch
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """ Run a module's tests on one torch thread.
+
+    Small models on a shared 2-core machine run faster single-threaded: two OpenMP threads that have to wait for a
+    descheduled sibling at every op barrier can be 10x slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
