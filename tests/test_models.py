@@ -317,17 +317,17 @@ def test_unknown_kwarg_is_a_clear_error():
         timm.create_model('resattnet56', not_a_field=3)
 
 
-@pytest.mark.parametrize('name', ['resattnet56', 'resattnext56', 'resattninc56'])
+@pytest.mark.parametrize('name', ['resattnet56', 'resattnext56', 'resattninc56', 'resattnet56_pcv', 'resattnet92_cifar'])
 def test_torchscript(name):
     with set_layer_config(scriptable=True):
         model = timm.create_model(name).eval()
     scripted = torch.jit.script(model)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, *_small_size(name))
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
         torch.testing.assert_close(scripted.forward_features(x), model.forward_features(x))
     with pytest.raises(Exception, match='minimum'):
-        scripted(torch.randn(1, 3, 16, 16))
+        scripted(torch.randn(1, 3, model.min_input_size - 1, 64))
 
 
 def _fx_model(model):
@@ -340,22 +340,22 @@ def _fx_model(model):
     )
 
 
-@pytest.mark.parametrize('name', ['resattnet92', 'resattnext56', 'resattninc56'])
+@pytest.mark.parametrize('name', ['resattnet92', 'resattnext56', 'resattninc56', 'resattnet56_pcv', 'resattnet92_cifar'])
 def test_fx_bit_identical(name):
     model = timm.create_model(name, num_classes=10).eval()
     fx_model = _fx_model(model)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, *_small_size(name))
     with torch.no_grad():
         assert torch.equal(fx_model(x)['head.fc'], model(x))
     # backward through the traced graph reaches every parameter
     fx_model.train()
-    out = fx_model(torch.randn(2, 3, 64, 64))['head.fc']
+    out = fx_model(torch.randn(2, *_small_size(name)))['head.fc']
     out.mean().backward()
     assert all(p.grad is not None for p in fx_model.parameters())
     # the input-size check survives tracing
     fx_model.eval()
     with pytest.raises(ValueError, match='minimum'):
-        fx_model(torch.randn(1, 3, 20, 20))
+        fx_model(torch.randn(1, 3, model.min_input_size - 1, 64))
 
 
 def test_torch_compile_fullgraph():
