@@ -681,39 +681,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet
     return out
 
 
-def _has_weight_source(cfg) -> bool:
-    return bool(cfg.url or cfg.hf_hub_id or cfg.file or cfg.state_dict or cfg.source in ('hf-hub', 'local-dir'))
-
-
-def _check_pretrained_available(variant: str, kwargs: Dict[str, Any]) -> None:
-    """ Fail loudly when ``pretrained=True`` is asked of an architecture/tag that has no published weights. """
-    cfg = resolve_pretrained_cfg(
-        variant,
-        pretrained_cfg=kwargs.get('pretrained_cfg'),
-        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
-    )
-    if _has_weight_source(cfg):
-        return
-    import timm
-    available = timm.list_pretrained('resatt*')
-    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
-    raise RuntimeError(
-        f"No pretrained weights exist for '{name}': the authors never released ImageNet weights for this "
-        f"architecture. Weights that do exist: {available or 'none'}. Use pretrained=False for random init, or "
-        f"load a checkpoint of your own with timm.create_model('{variant}', pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) (or checkpoint_path=...). Caffe "
-        f"weights of the official nets convert with `python -m timm_resattn.convert caffe IN.caffemodel "
-        f"OUT.safetensors --model {variant}`."
-    )
-
-
 # Stands in for a local weight file's tensors in ``pretrained_cfg['state_dict']`` (see ``_prepare_pretrained``).
 _LOADED_FILE_KEY = '__timm_resattn_loaded_file__'
 
 
-def _weights_source(cfg) -> Tuple[str, str]:
+def _weights_source(cfg) -> Optional[Tuple[str, str]]:
     """ (route, description) of the weights ``cfg`` points at, in the priority order of timm's
-    ``_resolve_pretrained_source``: hf-hub / local-dir sources, then state_dict, file, hf_hub_id, url. """
+    ``_resolve_pretrained_source``: hf-hub / local-dir sources, then state_dict, file, hf_hub_id, url; None if none. """
     if cfg.source == 'hf-hub':
         return 'hf-hub', f"Hugging Face Hub weights 'hf-hub:{cfg.hf_hub_id}'"
     if cfg.source == 'local-dir':
@@ -724,11 +698,28 @@ def _weights_source(cfg) -> Tuple[str, str]:
         return 'file', f"weight file '{cfg.file}'"
     if cfg.hf_hub_id:
         return 'hf-hub', f"Hugging Face Hub weights '{cfg.hf_hub_id}'"
-    return 'url', f"weights at '{cfg.url}'"
+    if cfg.url:
+        return 'url', f"weights at '{cfg.url}'"
+    return None
+
+
+def _no_weights_error(variant: str, cfg) -> RuntimeError:
+    """ The loud failure for ``pretrained=True`` on an architecture/tag that has no published weights. """
+    import timm
+    available = timm.list_pretrained('resatt*')
+    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    return RuntimeError(
+        f"No pretrained weights exist for '{name}': the authors never released ImageNet weights for this "
+        f"architecture. Weights that do exist: {available or 'none'}. Use pretrained=False for random init, or "
+        f"load a checkpoint of your own with timm.create_model('{variant}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) (or checkpoint_path=...). Caffe "
+        f"weights of the official nets convert with `python -m timm_resattn.convert caffe IN.caffemodel "
+        f"OUT.safetensors --model {variant}`."
+    )
 
 
 def _prepare_pretrained(variant: str, kwargs: Dict[str, Any]):
-    """ Route ``pretrained=True`` loading through ``timm_resattn.weights``.
+    """ Route ``pretrained=True`` loading through ``timm_resattn.weights``; fail loudly if there are no weights.
 
     A local ``file`` (``pretrained_cfg_overlay=dict(file=...)``, train.py ``--pretrained-path``) is read here with
     ``load_state_dict_file`` (safetensors, or ``torch.load(weights_only=True)``; clear errors for corrupt files and
@@ -748,7 +739,10 @@ def _prepare_pretrained(variant: str, kwargs: Dict[str, Any]):
         pretrained_cfg=kwargs.get('pretrained_cfg'),
         pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
     )
-    route, source = _weights_source(cfg)
+    found = _weights_source(cfg)
+    if found is None:
+        raise _no_weights_error(variant, cfg)
+    route, source = found
     loaded = None
     if route == 'file' and not cfg.custom_load:
         loaded = load_state_dict_file(cfg.file)
@@ -779,7 +773,6 @@ def _forget_loaded_state_dict(model: nn.Module) -> None:
 def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     filter_fn = checkpoint_filter_fn
     if pretrained:
-        _check_pretrained_available(variant, kwargs)
         kwargs, filter_fn = _prepare_pretrained(variant, kwargs)
     num_stages = len(model_cfgs[variant].stage_chs)
     model = build_model_with_cfg(
