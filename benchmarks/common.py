@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import timm
 import timm_resattn  # noqa: F401  (registers the models with timm)
+from timm_resattn.flops import count_macs as _count_macs
 from timm_resattn.fuse import fuse_bn
 
 __all__ = [
@@ -66,20 +67,9 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
     """ Multiply-accumulates of one image's forward (eval mode): ``FlopCounterMode`` total / 2. """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x = torch.randn(1, in_chans, img_size, img_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() // 2
+    return _count_macs(model, (in_chans, img_size, img_size))
 
 
 class Step:

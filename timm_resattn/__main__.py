@@ -8,10 +8,10 @@ import sys
 from typing import List, Optional
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import timm
 import timm_resattn  # noqa: F401  (registers the models)
+from timm_resattn.flops import count_macs
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
@@ -24,13 +24,11 @@ def model_summary(name: str) -> dict:
     model = timm.create_model(name, device='meta').eval()
     cfg = model.pretrained_cfg
     input_size = tuple(cfg['input_size'])
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.empty(1, *input_size, device='meta'))
     tags_with_weights = [t for t in timm.list_pretrained(name)]
     return dict(
         model=name,
         params=sum(p.numel() for p in model.parameters()),
-        gmacs=counter.get_total_flops() / 2e9,
+        gmacs=count_macs(model, input_size) / 1e9,
         input_size=input_size,
         test_input_size=tuple(cfg.get('test_input_size') or input_size),
         num_classes=cfg['num_classes'],
