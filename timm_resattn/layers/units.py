@@ -19,12 +19,44 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
 
 __all__ = [
-    'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
+    'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
     'unit_preactivates_input',
 ]
 
 
-class PreActBottleneck(nn.Module):
+class PreActUnit(nn.Module):
+    """ The pre-activation skeleton shared by ``PreActBottleneck`` and ``PreActInceptionUnit``::
+
+        a   = ReLU(BN(x))                                   # norm1, Caffe's "<input blob>/bn"
+        out = residual(a) + x                               # identity
+        out = residual(a) + conv1x1(a, stride)              # downsample: reads the pre-activated input, no BN
+
+    Subclasses build their layers between ``_init_input_norm`` and ``_init_shortcut`` (which keeps the official
+    parameter order) and implement ``residual``.
+    """
+
+    def _init_input_norm(self, in_chs: int, act_layer: LayerType, norm_layer: Type[nn.Module], dd: dict) -> None:
+        self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
+
+    def _init_shortcut(self, in_chs: int, out_chs: int, stride: int, drop_path_rate: float, dd: dict) -> None:
+        if in_chs != out_chs or stride != 1:
+            self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd)
+        else:
+            self.downsample = None
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_preact = self.norm1(x)
+        shortcut = x
+        if self.downsample is not None:
+            shortcut = self.downsample(x_preact)
+        return self.drop_path(self.residual(x_preact)) + shortcut
+
+
+class PreActBottleneck(PreActUnit):
     """ Pre-activation bottleneck unit (He et al. 2016, "Identity Mappings in Deep Residual Networks").
 
     Official Caffe layout (``<U>/branch1/conv{1_1x1,2_3x3,3_1x1}``, ``<U>/branch2/conv1_1x1``)::
@@ -53,30 +85,21 @@ class PreActBottleneck(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         mid_chs = int(out_chs * bottle_ratio)
-        self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
+        self._init_input_norm(in_chs, act_layer, norm_layer, dd)
         self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
         self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
         self.conv2 = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=groups, bias=False, **dd)
         self.norm3 = norm_layer(mid_chs, act_layer=act_layer, **dd)
         self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
-        if in_chs != out_chs or stride != 1:
-            self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd)
-        else:
-            self.downsample = None
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self._init_shortcut(in_chs, out_chs, stride, drop_path_rate, dd)
 
     def zero_init_last(self):
         nn.init.zeros_(self.conv3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_preact = self.norm1(x)
-        shortcut = x
-        if self.downsample is not None:
-            shortcut = self.downsample(x_preact)
+    def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x_preact)
         x = self.conv2(self.norm2(x))
-        x = self.conv3(self.norm3(x))
-        return self.drop_path(x) + shortcut
+        return self.conv3(self.norm3(x))
 
 
 class NeXtBottleneck(nn.Module):
@@ -137,7 +160,7 @@ class NeXtBottleneck(nn.Module):
         return self.act(self.drop_path(x) + shortcut)
 
 
-class PreActInceptionUnit(nn.Module):
+class PreActInceptionUnit(PreActUnit):
     """ Simplified pre-activation Inception-ResNet unit for AttentionInception-56 (paper §4.2, Table 7).
 
     The paper gives no definition ("we simplify the Inception"), and none exists in the official repository. This is
@@ -172,7 +195,7 @@ class PreActInceptionUnit(nn.Module):
         super().__init__()
         w = int(out_chs * bottle_ratio)  # C/8 by default
         w_half = w // 2
-        self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
+        self._init_input_norm(in_chs, act_layer, norm_layer, dd)
         self.branch0 = nn.Conv2d(in_chs, w, 1, stride=stride, bias=False, **dd)
         self.branch1 = nn.Sequential(
             nn.Conv2d(in_chs, w, 1, bias=False, **dd),
@@ -188,23 +211,14 @@ class PreActInceptionUnit(nn.Module):
         )
         self.norm2 = norm_layer(3 * w, act_layer=act_layer, **dd)
         self.conv_merge = nn.Conv2d(3 * w, out_chs, 1, bias=False, **dd)
-        if in_chs != out_chs or stride != 1:
-            self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd)
-        else:
-            self.downsample = None
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self._init_shortcut(in_chs, out_chs, stride, drop_path_rate, dd)
 
     def zero_init_last(self):
         nn.init.zeros_(self.conv_merge.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_preact = self.norm1(x)
-        shortcut = x
-        if self.downsample is not None:
-            shortcut = self.downsample(x_preact)
+    def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.branch0(x_preact), self.branch1(x_preact), self.branch2(x_preact)], dim=1)
-        x = self.conv_merge(self.norm2(x))
-        return self.drop_path(x) + shortcut
+        return self.conv_merge(self.norm2(x))
 
 
 _UNITS: Dict[str, Callable[..., nn.Module]] = {}
