@@ -87,6 +87,42 @@ def _snapshot(t: torch.Tensor, to_cpu: bool) -> torch.Tensor:
     return t.to('cpu', copy=True) if to_cpu else t.clone()
 
 
+class _ForwardHooks:
+    """ Lifecycle shared by the recorders: ``attach`` registers the forward hooks ``_hooks()`` lists, ``remove``
+    (also on error, and on ``__exit__``) takes every one of them off again.
+    """
+
+    def __init__(self):
+        self._handles: List[Any] = []
+
+    def _hooks(self) -> List[Tuple[nn.Module, Any]]:
+        raise NotImplementedError
+
+    def attach(self):
+        """ Register the hooks (``__enter__`` does this). """
+        if self._handles:
+            raise RuntimeError(f'{type(self).__name__} is already attached')
+        try:
+            for module, hook in self._hooks():
+                self._handles.append(module.register_forward_hook(hook))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """ Remove every hook this recorder registered (``__exit__`` does this). """
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+
 @dataclass
 class MaskRecord:
     """ What one Attention Module computed in one forward pass.
@@ -109,7 +145,7 @@ class MaskRecord:
         return tuple(self.mask.shape)
 
 
-class MaskRecorder:
+class MaskRecorder(_ForwardHooks):
     """ Context manager recording M(x) and T(x) of every Attention Module while the model runs.
 
     Each forward pass appends one ``MaskRecord`` per Attention Module executed, in execution order. Hooks are
@@ -134,6 +170,7 @@ class MaskRecorder:
             store_trunk: bool = True,
             names: Optional[Sequence[str]] = None,
     ):
+        super().__init__()
         modules = find_attention_modules(model)
         if names is not None:
             known = {n for n, _ in modules}
@@ -145,7 +182,6 @@ class MaskRecorder:
         self.to_cpu = to_cpu
         self.store_trunk = store_trunk
         self.records: List[MaskRecord] = []
-        self._handles: List[Any] = []
         self._pending_trunk: Dict[str, Optional[torch.Tensor]] = {}
 
     @property
@@ -171,31 +207,16 @@ class MaskRecorder:
             self.records.append(MaskRecord(name=name, stage=stage, mask=_snapshot(output, self.to_cpu), trunk=trunk))
         return hook
 
-    def attach(self) -> 'MaskRecorder':
-        """ Register the hooks (``__enter__`` does this). """
-        if self._handles:
-            raise RuntimeError('MaskRecorder is already attached')
-        try:
-            for name, module in self.modules:
-                self._handles.append(module.trunk.register_forward_hook(self._trunk_hook(name)))
-                self._handles.append(module.mask.register_forward_hook(self._mask_hook(name)))
-        except BaseException:
-            self.remove()
-            raise
-        return self
+    def _hooks(self) -> List[Tuple[nn.Module, Any]]:
+        hooks = []
+        for name, module in self.modules:
+            hooks += [(module.trunk, self._trunk_hook(name)), (module.mask, self._mask_hook(name))]
+        return hooks
 
     def remove(self) -> None:
         """ Remove every hook this recorder registered (``__exit__`` does this). """
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        super().remove()
         self._pending_trunk.clear()
-
-    def __enter__(self) -> 'MaskRecorder':
-        return self.attach()
-
-    def __exit__(self, *exc_info) -> None:
-        self.remove()
 
 
 def extract_masks(
@@ -226,7 +247,7 @@ def extract_masks(
     return out, rec.records
 
 
-class ResponseRecorder:
+class ResponseRecorder(_ForwardHooks):
     """ Context manager accumulating the mean absolute response of each stage's output features.
 
     For each sample the response of stage s is ``mean(|y_s|)`` over all ``C x H x W`` elements of the stage output
@@ -240,10 +261,10 @@ class ResponseRecorder:
     """
 
     def __init__(self, model: nn.Module):
+        super().__init__()
         self.stages = find_stage_modules(model)
         self._sums: Dict[int, torch.Tensor] = {}
         self._counts: Dict[int, int] = {}
-        self._handles: List[Any] = []
 
     def _hook(self, stage: int):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -268,27 +289,8 @@ class ResponseRecorder:
         return {f'stages.{s}': float(self._sums[s].item()) / self._counts[s] for s, _, _ in self.stages
                 if self._counts.get(s)}
 
-    def attach(self) -> 'ResponseRecorder':
-        if self._handles:
-            raise RuntimeError('ResponseRecorder is already attached')
-        try:
-            for stage, _, module in self.stages:
-                self._handles.append(module.register_forward_hook(self._hook(stage)))
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
-
-    def __enter__(self) -> 'ResponseRecorder':
-        return self.attach()
-
-    def __exit__(self, *exc_info) -> None:
-        self.remove()
+    def _hooks(self) -> List[Tuple[nn.Module, Any]]:
+        return [(module, self._hook(stage)) for stage, _, module in self.stages]
 
 
 def _batches(data: Union[torch.Tensor, Iterable[Any]]) -> Iterable[torch.Tensor]:
