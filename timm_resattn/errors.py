@@ -1,0 +1,36 @@
+""" The errors that a user's input can cause, as one family.
+
+Library code raises a subclass of :class:`ResAttnError` when something a user gave (an argument, a setting, a file)
+is wrong, with a message that names the argument or file and says what was expected. The command layer
+(``timm_resattn.cli``) prints exactly these as ``error: <message>`` and exits with status 2; any other exception
+is a bug and keeps its traceback.
+
+Each subclass also derives from the built-in exception that callers caught before it existed (``ValueError``,
+``RuntimeError``, ``FileNotFoundError``), so ``except ValueError`` around ``timm.create_model`` keeps working.
+"""
+
+__all__ = ['ResAttnError', 'ConfigError', 'WeightsError', 'DataError', 'CommandError', 'MissingFileError']
+
+
+class ResAttnError(Exception):
+    """ Something the user gave is wrong; the message says what and where. """
+
+
+class ConfigError(ResAttnError, ValueError):
+    """ An architecture setting (a ``ResAttnCfg`` field or a model kwarg) has a wrong type or value. """
+
+
+class WeightsError(ResAttnError, RuntimeError):
+    """ A weight file that can't be read safely, or whose tensors don't fit the model. """
+
+
+class DataError(ResAttnError, ValueError):
+    """ A dataset file that is missing, corrupt or not in the expected format. """
+
+
+class MissingFileError(ResAttnError, FileNotFoundError):
+    """ A file the user named does not exist. """
+
+
+class CommandError(ResAttnError, ValueError):
+    """ A command-line argument with a wrong value (the message names the flag). """
