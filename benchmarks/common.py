@@ -16,8 +16,12 @@ import torch.nn.functional as F
 
 import timm
 import timm_resattn  # noqa: F401  (registers the models with timm)
-from timm_resattn.flops import count_macs as _count_macs
-from timm_resattn.fuse import fuse_bn
+from timm_resattn.analysis.flops import count_macs as _count_macs
+from timm_resattn.analysis.fuse import fuse_bn
+
+from .fuse_peers import register_timm_peers
+
+register_timm_peers()  # --fuse-bn folds the ResNet peers' BNs like ours
 
 __all__ = [
     'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',

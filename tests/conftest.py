@@ -1,5 +1,12 @@
+import sys
+
 import pytest
 import torch
+
+from helpers import REPO_ROOT
+
+if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not part of the installed package
+    sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import timm
-from timm_resattn.__main__ import main, model_summary
+from timm_resattn.__main__ import main
+from timm_resattn.analysis.summary import model_summary
 
 
 def test_model_summary_counts():

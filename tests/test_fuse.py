@@ -6,7 +6,7 @@ import torch.nn as nn
 import timm
 import timm_resattn  # noqa: F401
 from timm.layers import BatchNormAct2d
-from timm_resattn.fuse import count_bn, find_conv_bn_pairs, fuse_bn
+from timm_resattn.analysis.fuse import count_bn, find_conv_bn_pairs, fuse_bn
 from timm_resattn.layers.units import PreActBottleneck
 
 
@@ -104,6 +104,8 @@ def test_fuse_bn_training_mode_raises():
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnetv2_50'])
 def test_fuse_bn_timm_peers(name):
+    from benchmarks.fuse_peers import register_timm_peers  # the benchmarks' rules for the ResNet peers
+    register_timm_peers()
     torch.manual_seed(0)
     model = _randomize_bn(timm.create_model(name)).eval()
     x = torch.randn(1, 3, 64, 64)

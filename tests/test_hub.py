@@ -14,7 +14,7 @@ import torch
 
 import timm
 import timm_resattn  # noqa: F401
-from timm_resattn import hub
+from timm_resattn.export import hub
 from timm_resattn.models.resattnet import resattnet56_cifar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch.nn as nn
 import timm
 import timm_resattn  # noqa: F401  (registers the models)
 from timm_resattn.layers.attention import AttentionModule
-from timm_resattn.masks import (
+from timm_resattn.analysis.masks import (
     MaskRecord, MaskRecorder, ResponseRecorder, extract_masks, find_attention_modules, find_stage_modules,
     mean_abs_response, stage_index,
 )

@@ -216,7 +216,7 @@ def test_validation_on_other_routes(reference, tmp_path):
     with pytest.raises(WeightsError, match='state_dict given in the pretrained cfg'):
         timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(state_dict=sd))
     # a local-dir export whose config.json names another architecture than its weights
-    from timm_resattn.hub import save_pretrained
+    from timm_resattn.export.hub import save_pretrained
     out = save_pretrained(timm.create_model('resattnet92_cifar'), tmp_path / 'export')
     cfg = (out / 'config.json').read_text().replace('"resattnet92_cifar"', f'"{NAME}"')
     (out / 'config.json').write_text(cfg)

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 import timm
-from timm_resattn.masks import MaskRecord
-from timm_resattn.visualize import (
-    CHART_H, CHART_MARGIN_X, CHART_SLOT_W, HEADER_H, PAD, TITLE_H, jet, main, mask_grid, response_chart,
+from timm_resattn.visualize import main
+from timm_resattn.analysis.masks import MaskRecord
+from timm_resattn.analysis.figures import (
+    CHART_H, CHART_MARGIN_X, CHART_SLOT_W, HEADER_H, PAD, TITLE_H, jet, mask_grid, response_chart,
 )
 
 SIZE = 32  # --img-size for the command: resattnet56 takes >= 31; small keeps the tests fast
@@ -60,6 +61,7 @@ def test_mask_grid_and_chart_layout():
 
 def test_main_untrained(images, tmp_path, capsys):
     out, out2 = tmp_path / 'masks.png', tmp_path / 'sub' / 'responses.png'
+    out2.parent.mkdir()  # output folders must exist (a missing one is an error, see test_output_folder_must_exist)
     argv = images + ['--model', 'resattnet56', '--img-size', str(SIZE), '--out', str(out), '--channels', '0,3',
                      '--responses', str(out2)]
     assert main(argv) == 0

@@ -9,7 +9,10 @@ Each subclass also derives from the built-in exception that callers caught befor
 ``RuntimeError``, ``FileNotFoundError``), so ``except ValueError`` around ``timm.create_model`` keeps working.
 """
 
-__all__ = ['ResAttnError', 'ConfigError', 'WeightsError', 'DataError', 'CommandError', 'MissingFileError']
+__all__ = [
+    'ResAttnError', 'ConfigError', 'WeightsError', 'ConversionError', 'DataError', 'CommandError', 'MissingFileError',
+    'ExportError',
+]
 
 
 class ResAttnError(Exception):
@@ -24,8 +27,16 @@ class WeightsError(ResAttnError, RuntimeError):
     """ A weight file that can't be read safely, or whose tensors don't fit the model. """
 
 
+class ConversionError(WeightsError, ValueError):
+    """ Weights in another format (Caffe blobs, pytorchcv names) that can't be converted for the target model. """
+
+
 class DataError(ResAttnError, ValueError):
     """ A dataset file that is missing, corrupt or not in the expected format. """
+
+
+class ExportError(ResAttnError, ValueError):
+    """ A model or destination that can't be exported (Hub folder, ONNX, ...) as asked. """
 
 
 class MissingFileError(ResAttnError, FileNotFoundError):

@@ -6,11 +6,18 @@ dispatcher in ``timm_resattn.cli`` prints them as one ``error: ...`` line and ex
 """
 import argparse
 import ast
-from typing import Dict, Sequence
+import importlib
+import os
+from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import CommandError
+import torch.nn as nn
 
-__all__ = ['parse_model_kwargs', 'positive_int', 'non_negative_int']
+from ..errors import CommandError, MissingFileError, ResAttnError, WeightsError
+
+__all__ = [
+    'parse_model_kwargs', 'positive_int', 'non_negative_int', 'resattn_models', 'check_model_name', 'create_model',
+    'open_image', 'check_output_path',
+]
 
 
 def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Dict[str, object]:
@@ -52,3 +59,112 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f'expected a non-negative integer, got {value}')
     return value
+
+
+def resattn_models() -> List[str]:
+    """ The Residual Attention Networks registered with timm. """
+    import timm
+    return timm.list_models(module='resattnet')
+
+
+def check_model_name(name: str, flag: str = '--model') -> str:
+    known = resattn_models()
+    if name not in known:
+        raise CommandError(f'{flag}: unknown model {name!r}; the registered Residual Attention Networks: '
+                           f'{", ".join(known)}')
+    return name
+
+
+def _network_errors() -> tuple:
+    """ Exception types a failed download raises (urllib, sockets, huggingface_hub / its HTTP client). """
+    errors: list = [OSError]
+    try:
+        from huggingface_hub import errors as hf_errors
+        errors += [getattr(hf_errors, n) for n in ('HfHubHTTPError', 'LocalEntryNotFoundError', 'OfflineModeIsEnabled')
+                   if hasattr(hf_errors, n)]
+    except ImportError:
+        pass
+    for client in ('httpx', 'requests'):
+        try:
+            module = importlib.import_module(client)
+        except ImportError:
+            continue
+        base = getattr(module, 'HTTPError', None) or getattr(getattr(module, 'exceptions', None), 'RequestException',
+                                                             None)
+        if isinstance(base, type):
+            errors.append(base)
+    return tuple(errors)
+
+
+def create_model(
+        name: str,
+        pretrained: bool = False,
+        checkpoint: Optional[str] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """ Build a registered model for a command, with its published weights or a ``--checkpoint`` file.
+
+    Every failure a user can cause becomes a ``ResAttnError`` naming the flag or file: an unknown model, invalid
+    ``--model-kwargs`` (the config's own ``ConfigError``), missing/corrupt/mismatched weight files (the checked
+    loader of ``timm_resattn.weights``, the same as every other route), no published weights, no network.
+    """
+    import timm
+
+    from ..weights import load_weights
+
+    check_model_name(name)
+    kwargs = dict(model_kwargs or {})
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except ResAttnError:
+        raise
+    except TypeError as e:  # an unknown --model-kwargs key
+        raise CommandError(f'--model-kwargs: {e}') from None
+    except _network_errors() as e:
+        if not pretrained:
+            raise
+        raise CommandError(
+            f"--pretrained: can't download the weights of {name} (no network access?): {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}") from None
+    if checkpoint:
+        if not os.path.exists(checkpoint):
+            raise MissingFileError(f'--checkpoint: checkpoint not found: {checkpoint!r}')
+        try:
+            load_weights(model, checkpoint)
+        except WeightsError as e:
+            raise WeightsError(f'--checkpoint: cannot load checkpoint into {name}: {e}') from None
+    return model
+
+
+def open_image(path: str, flag: str = 'IMAGE'):
+    """ Read an image as RGB; a missing, unreadable or decompression-bomb file is a ``CommandError``. """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        raise MissingFileError(f'{flag}: image not found: {path!r}')
+    if not os.path.isfile(path):
+        raise CommandError(f'{flag}: {path!r} is not a file')
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert('RGB')
+    except Image.DecompressionBombError as e:
+        raise CommandError(f'{flag}: refused {path!r}: {e}') from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise CommandError(f'{flag}: cannot read image {path!r}: {" ".join(str(e).split())[:200]}') from None
+
+
+def check_output_path(path: str, flag: str, inputs: Sequence[str] = (), force: bool = True) -> str:
+    """ Refuse an output path whose folder does not exist, that is a folder, that is one of ``inputs`` (the
+    command would overwrite what it reads), or that exists when ``force`` is False. """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CommandError(f'{flag} {path!r}: the folder {folder!r} does not exist')
+    if os.path.isdir(path):
+        raise CommandError(f'{flag} {path!r} is a folder; expected a file path')
+    for src in inputs:
+        if os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
+            raise CommandError(f'{flag} {path!r} is also an input file; refusing to overwrite it')
+    if not force and os.path.exists(path):
+        raise CommandError(f'{flag} {path!r} exists; pass --force to overwrite it')
+    return path

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..errors import ConversionError
 from ..models.resattnet import ResAttnCfg, ResidualAttentionNet, model_cfgs
 
 __all__ = [
@@ -50,7 +51,7 @@ _KIND_DESC = {
 _SHOW = 5  # names listed per error category
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(ConversionError):
     """ A ``.caffemodel`` that is truncated, corrupt or not a binary Caffe ``NetParameter``. """
 
 
@@ -62,7 +63,7 @@ def _resolve_cfg(variant: Union[str, ResAttnCfg]) -> Tuple[str, ResAttnCfg]:
     if isinstance(variant, ResAttnCfg):
         return 'the given config', variant
     if variant not in model_cfgs:
-        raise ValueError(f'unknown model {variant!r}; the Caffe converter knows {sorted(model_cfgs)}')
+        raise ConversionError(f'unknown model {variant!r}; the Caffe converter knows {sorted(model_cfgs)}')
     return repr(variant), model_cfgs[variant]
 
 
@@ -97,7 +98,7 @@ def _check_official_naming(name: str, cfg: ResAttnCfg) -> None:
     if n and cfg.stage_modules[-1]:
         problems.append(f'last stage with {cfg.stage_modules[-1]} modules (the post_res stage has none)')
     if problems:
-        raise ValueError(
+        raise ConversionError(
             f'the official Caffe naming cannot describe {name}: ' + '; '.join(problems)
         )
 
@@ -357,7 +358,7 @@ def convert_caffe_blobs(
             matches = [v for v in model_cfgs if v != variant and _param_names(v) == set(given)]
             if matches:
                 hint = f'\n  (the layer names are those of {matches[0]!r}: wrong model?)'
-        raise ValueError(
+        raise ConversionError(
             f'the Caffe blobs do not match {name} ({len(given)} layers with blobs given, {len(pmap)} expected):\n  '
             + '\n  '.join(problems) + hint
         )

@@ -11,7 +11,7 @@ exactly: stride in the 3x3 conv, no conv biases, a 1x1 projection shortcut only 
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
 
 __all__ = [
     'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
-    'unit_preactivates_input',
+    'unit_preactivates_input', 'registered_units',
 ]
 
 
@@ -238,6 +238,11 @@ def register_unit(name: str, fn: Callable[..., nn.Module], preactivates_input: b
     _UNITS[name] = fn
     if preactivates_input:
         _PREACT_UNITS.add(name)
+
+
+def registered_units() -> Tuple[str, ...]:
+    """ Names ``ResAttnCfg.unit`` accepts. """
+    return tuple(sorted(_UNITS))
 
 
 def unit_preactivates_input(name: str) -> bool:

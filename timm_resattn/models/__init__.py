@@ -1,1 +1,4 @@
-from .resattnet import *
+""" The Residual Attention Networks as timm models (importing this registers them). """
+from .resattnet import ResAttnCfg, ResidualAttentionNet, checkpoint_filter_fn, model_cfgs
+
+__all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'checkpoint_filter_fn', 'model_cfgs']

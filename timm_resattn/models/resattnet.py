@@ -11,42 +11,54 @@ files disagree, the files win; each entrypoint's docstring says where.
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-import math
-import re
+import json
 from dataclasses import dataclass, fields, replace
-from functools import partial
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer, register_notrace_function
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._manipulate import checkpoint_seq
+from timm.models import (
+    build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+)
 
 try:
-    from timm.models._features import feature_take_indices
+    from timm.models._features import feature_take_indices  # no public name for it in timm
 except ImportError:  # older timm
     from timm.layers import feature_take_indices
 
+from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
+from ..errors import ConfigError
 from ..layers.attention import (
     MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS, AttentionModule, EncoderDecoderMask, LocalConvMask,
     PytorchcvEncoderDecoderMask, create_max_pool,
 )
-from ..layers.units import create_unit, unit_preactivates_input
+from ..layers.units import create_unit, registered_units, unit_preactivates_input
+from ..weights import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_state_dict, has_weights, load_checked, no_weights_error
 
-__all__ = [
-    'ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn', 'convert_pytorchcv_state_dict',
-    'is_pytorchcv_state_dict',
-]
+__all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
 
-
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
+STEM_TYPES = ('imagenet', 'cifar')
+PER_STAGE_FIELDS = ('stage_chs', 'stage_strides', 'stage_units', 'stage_modules', 'mask_levels')
+
+
+def _pool_out(size: int, mode: str = 'caffe') -> int:
+    """ Output size of the 3x3/s2 max-pool: ceil mode without padding (``'caffe'``; 0 if the input is too small)
+    or floor mode with padding 1 (``'torch'``: ceil(size / 2), any size >= 1 works).
+    """
+    if mode == 'torch':
+        return (size + 1) // 2
+    if size < 2:
+        return 0
+    return (size - 2) // 2 + 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,12 @@ class ResAttnCfg:
     """ Architecture of a Residual Attention Network. A variant is one row of ``model_cfgs``.
 
     Every field can be overridden from ``timm.create_model(name, **kwargs)`` (and train.py's ``--model-kwargs``).
+    :meth:`validate` checks every field's type and range (the one place where they are checked) and raises a
+    ``ConfigError`` (a ``ValueError``) naming the field and what was expected.
 
     Args:
-        unit: Residual unit type: ``'preact'`` (pre-activation bottleneck) or ``'next'`` (ResNeXt, post-act).
+        unit: Residual unit type: ``'preact'`` (pre-activation bottleneck), ``'next'`` (ResNeXt, post-act) or
+            ``'inception'`` (our pre-activation Inception-ResNet unit); see ``layers.units``.
         stem_type: ``'imagenet'`` (7x7/2 conv, BN-ReLU, 3x3/2 ceil-mode max-pool) or ``'cifar'`` (3x3/1 conv).
         stem_chs: Stem output channels.
         stage_chs: Output channels of each stage.
@@ -84,7 +99,7 @@ class ResAttnCfg:
             convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
     """
     unit: str = 'preact'
-    stem_type: str = 'imagenet'
+    stem_type: Literal['imagenet', 'cifar'] = 'imagenet'
     stem_chs: int = 64
     stage_chs: Tuple[int, ...] = (256, 512, 1024, 2048)
     stage_strides: Tuple[int, ...] = (1, 2, 2, 2)
@@ -98,47 +113,39 @@ class ResAttnCfg:
     bottle_ratio: float = 0.25
     groups: int = 1
     attention_residual: bool = True
-    mask_act: str = 'mixed'
-    mask_type: str = 'encoder_decoder'
+    mask_act: Literal['mixed', 'channel', 'spatial'] = 'mixed'
+    mask_type: Literal['encoder_decoder', 'local'] = 'encoder_decoder'
     local_mask_units: Optional[Tuple[int, ...]] = None
-    mask_wiring: str = 'official'
-    max_pool: str = 'caffe'
-    conv_init: str = 'kaiming_normal_fan_out'
+    mask_wiring: Literal['official', 'pytorchcv'] = 'official'
+    max_pool: Literal['caffe', 'torch'] = 'caffe'
+    conv_init: Literal['kaiming_normal_fan_out', 'kaiming_uniform_fan_in'] = 'kaiming_normal_fan_out'
 
-    def validate(self) -> 'ResAttnCfg':
-        n = len(self.stage_chs)
-        for name in ('stage_strides', 'stage_units', 'stage_modules', 'mask_levels'):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f'{name}={getattr(self, name)} must have one entry per stage ({n} stages)')
-        if self.stem_type not in ('imagenet', 'cifar'):
-            raise ValueError(f"stem_type={self.stem_type!r} is not supported; expected 'imagenet' or 'cifar'")
-        if self.mask_act not in MASK_ACTS:
-            raise ValueError(f'mask_act={self.mask_act!r} is not supported; expected one of {MASK_ACTS}')
-        if self.mask_type not in MASK_TYPES:
-            raise ValueError(f'mask_type={self.mask_type!r} is not supported; expected one of {MASK_TYPES}')
-        if self.mask_wiring not in MASK_WIRINGS:
-            raise ValueError(f'mask_wiring={self.mask_wiring!r} is not supported; expected one of {MASK_WIRINGS}')
-        if self.mask_wiring != 'official' and self.mask_type != 'encoder_decoder':
-            raise ValueError(f"mask_wiring={self.mask_wiring!r} only applies to mask_type='encoder_decoder'")
-        if self.max_pool not in MAX_POOLS:
-            raise ValueError(f'max_pool={self.max_pool!r} is not supported; expected one of {MAX_POOLS}')
-        if self.conv_init not in CONV_INITS:
-            raise ValueError(f'conv_init={self.conv_init!r} is not supported; expected one of {CONV_INITS}')
-        if self.p < 0 or self.t < 1 or self.r < 1:
-            raise ValueError(f'need p >= 0, t >= 1 and r >= 1 (paper Fig. 2), got p={self.p}, t={self.t}, r={self.r}')
-        for i, (units, modules, levels) in enumerate(zip(self.stage_units, self.stage_modules, self.mask_levels)):
-            if units < 1:
-                raise ValueError(f'stage {i}: stage_units must be >= 1 (the unit that sets width and stride)')
-            if modules and self.mask_type == 'encoder_decoder' and levels < 1:
-                raise ValueError(f'stage {i}: an encoder-decoder mask needs mask_levels >= 1, got {levels}')
-        if self.stage_tail_units is not None and len(self.stage_tail_units) != n:
-            raise ValueError(f'stage_tail_units={self.stage_tail_units} must have one entry per stage ({n} stages)')
-        if self.local_mask_units is not None and len(self.local_mask_units) != n:
-            raise ValueError(f'local_mask_units={self.local_mask_units} must have one entry per stage ({n})')
-        return self
+    # fields that change how the net is trained or run, not what it computes (not recorded with its weights)
+    NON_FUNCTIONAL = ('conv_init',)
+
+    @classmethod
+    def from_overrides(cls, base: 'ResAttnCfg', overrides: Dict[str, Any]) -> 'ResAttnCfg':
+        """ ``base`` with ``overrides`` (kwargs of ``timm.create_model``) applied; lists become tuples. """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(
+                f'ResidualAttentionNet got unexpected keyword argument(s) {unknown}; '
+                f'architecture fields that can be overridden: {sorted(names)}'
+            )
+        return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_chs)
 
     def tail_units(self, stage_idx: int) -> int:
         return self.stage_tail_units[stage_idx] if self.stage_tail_units else 0
+
+    def blocks_per_stage(self) -> Tuple[int, ...]:
+        """ Blocks (plain units + Attention Modules + tail units) of each stage, in ``stages.<i>``. """
+        return tuple(
+            self.stage_units[i] + self.stage_modules[i] + self.tail_units(i) for i in range(self.num_stages))
 
     def local_units(self, stage_idx: int) -> int:
         """ Units of a ``'local'`` mask: explicit, or the full-resolution equivalent of the encoder-decoder mask. """
@@ -151,39 +158,99 @@ class ResAttnCfg:
         area += sum((1 + r) * 4.0 ** -k for k in range(1, levels))
         return max(1, round(area))
 
+    def min_input_size(self) -> int:
+        """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes). """
+        def fits(size: int) -> bool:
+            if self.stem_type == 'imagenet':
+                size = _pool_out((size + 1) // 2, self.max_pool)  # 7x7/2 conv pad 3, then the stem max-pool
+            for stride, modules, levels in zip(self.stage_strides, self.stage_modules, self.mask_levels):
+                size = (size + stride - 1) // stride  # 3x3 conv pad 1 with stride 1 or 2
+                if size < 1:
+                    return False
+                if modules and self.mask_type == 'encoder_decoder':
+                    h = size
+                    for _ in range(levels):
+                        h = _pool_out(h, self.max_pool)
+                        if h < 1:
+                            return False
+            return True
 
-def _pool_out(size: int, mode: str = 'caffe') -> int:
-    """ Output size of the 3x3/s2 max-pool: ceil mode without padding (``'caffe'``; 0 if the input is too small)
-    or floor mode with padding 1 (``'torch'``: ceil(size / 2), any size >= 1 works).
-    """
-    if mode == 'torch':
-        return (size + 1) // 2
-    if size < 2:
-        return 0
-    return (size - 2) // 2 + 1
+        for s in range(1, 4097):
+            if fits(s):
+                return s
+        raise ConfigError('no input size up to 4096 fits this architecture (too many strides and mask levels)')
 
+    def function_fields(self) -> Dict[str, Any]:
+        """ Every field that changes what the network computes (all but ``NON_FUNCTIONAL``), JSON-ready. """
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in fields(self) for v in (getattr(self, f.name),) if f.name not in self.NON_FUNCTIONAL
+        }
 
-def _min_input_size(cfg: ResAttnCfg) -> int:
-    """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes). """
-    def ok(size: int) -> bool:
-        if cfg.stem_type == 'imagenet':
-            size = _pool_out((size + 1) // 2, cfg.max_pool)  # 7x7/2 conv pad 3, then the stem max-pool
-        for stride, modules, levels in zip(cfg.stage_strides, cfg.stage_modules, cfg.mask_levels):
-            size = (size + stride - 1) // stride  # 3x3 conv pad 1 with stride 1 or 2
-            if size < 1:
-                return False
-            if modules and cfg.mask_type == 'encoder_decoder':
-                h = size
-                for _ in range(levels):
-                    h = _pool_out(h, cfg.max_pool)
-                    if h < 1:
-                        return False
-        return True
+    def validate(self) -> 'ResAttnCfg':
+        """ Check every field's type and range; returns ``self``. """
+        def fail(name: str, expected: str) -> None:
+            raise ConfigError(f'{name}={getattr(self, name)!r} is invalid: expected {expected}')
 
-    for s in range(1, 4097):
-        if ok(s):
-            return s
-    raise ValueError('no input size up to 4096 fits this architecture')
+        def choice(name: str, choices) -> None:
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
+                fail(name, f"one of {', '.join(repr(c) for c in choices)}")
+
+        def integer(name: str, minimum: int) -> None:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
+                fail(name, f'an int >= {minimum}')
+
+        def per_stage(name: str, minimum: int, value=None) -> None:
+            value = getattr(self, name) if value is None else value
+            if not isinstance(value, tuple) or len(value) != n or not all(_is_int(v) and v >= minimum for v in value):
+                fail(name, f'a tuple of {n} ints >= {minimum}, one per stage')
+
+        choice('unit', registered_units())
+        choice('stem_type', STEM_TYPES)
+        choice('mask_act', MASK_ACTS)
+        choice('mask_type', MASK_TYPES)
+        choice('mask_wiring', MASK_WIRINGS)
+        choice('max_pool', MAX_POOLS)
+        choice('conv_init', CONV_INITS)
+        if not isinstance(self.attention_residual, bool):
+            fail('attention_residual', 'True or False (a bool; strings like "false" are not accepted)')
+        integer('stem_chs', 1)
+        integer('p', 0)
+        integer('t', 1)
+        integer('r', 1)
+        integer('groups', 1)
+        if not isinstance(self.stage_chs, tuple) or not self.stage_chs:
+            fail('stage_chs', 'a non-empty tuple of ints >= 1, one per stage')
+        n = len(self.stage_chs)
+        per_stage('stage_chs', 1)
+        per_stage('stage_strides', 1)
+        per_stage('stage_units', 1)  # the first unit of a stage sets its width and stride
+        per_stage('stage_modules', 0)
+        per_stage('mask_levels', 0)
+        if self.stage_tail_units is not None:
+            per_stage('stage_tail_units', 0)
+        if self.local_mask_units is not None:
+            per_stage('local_mask_units', 1)
+        ratio = self.bottle_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 16:
+            fail('bottle_ratio', 'a number in (0, 16]')
+        min_width = 2 if self.unit == 'inception' else 1  # the inception unit's narrowest branch is half the width
+        for chs in self.stage_chs:
+            width = int(chs * ratio)
+            if width < min_width:
+                fail('bottle_ratio', f'a ratio that gives every unit at least {min_width} channel(s) (stage width '
+                                     f'{chs} x {ratio} = {chs * ratio:g})')
+            if self.unit != 'inception' and width % self.groups:
+                raise ConfigError(f'groups={self.groups} is invalid: the 3x3 conv width {width} (stage width {chs} '
+                                  f'x bottle_ratio {ratio}) is not divisible by it')
+        for i, (modules, levels) in enumerate(zip(self.stage_modules, self.mask_levels)):
+            if modules and self.mask_type == 'encoder_decoder' and levels < 1:
+                raise ConfigError(f'mask_levels={self.mask_levels!r} is invalid: stage {i} has Attention Modules, '
+                                  f'and an encoder-decoder mask needs at least one level there')
+        if self.mask_wiring != 'official' and self.mask_type != 'encoder_decoder':
+            raise ConfigError(f"mask_wiring={self.mask_wiring!r} only applies to mask_type='encoder_decoder'")
+        self.min_input_size()
+        return self
 
 
 @register_notrace_function
@@ -233,15 +300,7 @@ class ResidualAttentionNet(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         if kwargs:
-            cfg_names = {f.name for f in fields(ResAttnCfg)}
-            unknown = sorted(set(kwargs) - cfg_names)
-            if unknown:
-                raise TypeError(
-                    f'ResidualAttentionNet got unexpected keyword argument(s) {unknown}; '
-                    f'architecture fields that can be overridden: {sorted(cfg_names)}'
-                )
-            # lists (e.g. from train.py's --model-kwargs stage_modules=[1,2,3]) become tuples like the defaults
-            cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+            cfg = ResAttnCfg.from_overrides(cfg, kwargs)
         self.cfg = cfg = cfg.validate()
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -249,7 +308,7 @@ class ResidualAttentionNet(nn.Module):
         act_layer = get_act_layer(act_layer)
         norm_layer = BatchNormAct2d
         preact = unit_preactivates_input(cfg.unit)
-        self.min_input_size = _min_input_size(cfg)
+        self.min_input_size = cfg.min_input_size()
 
         # stem
         self.stem = nn.Sequential()
@@ -267,7 +326,7 @@ class ResidualAttentionNet(nn.Module):
 
         # stages
         unit_kwargs = dict(bottle_ratio=cfg.bottle_ratio, groups=cfg.groups, act_layer=act_layer, **dd)
-        num_blocks = sum(cfg.stage_units) + sum(cfg.stage_modules) + sum(cfg.stage_tail_units or ())
+        num_blocks = sum(cfg.blocks_per_stage())
         dpr = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         block_idx = 0
         prev_chs = cfg.stem_chs
@@ -343,6 +402,7 @@ class ResidualAttentionNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False):
+        """ Initialise conv weights (``cfg.conv_init``) and BN affine params; optionally zero each unit's last layer. """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 if self.cfg.conv_init == 'kaiming_uniform_fan_in':
@@ -358,7 +418,30 @@ class ResidualAttentionNet(nn.Module):
                     m.zero_init_last()
 
     @torch.jit.ignore
+    def weights_metadata(self) -> Dict[str, str]:
+        """ Return what weight files written from this model record: its architecture and, as JSON, every config
+        field that changes its function (``ResAttnCfg.function_fields``); checked on load by ``weights.check_metadata``.
+        """
+        arch = (getattr(self, 'pretrained_cfg', None) or {}).get('architecture') or ''
+        return {ARCHITECTURE_KEY: arch, ARCH_CFG_KEY: json.dumps(self.cfg.function_fields(), sort_keys=True)}
+
+    @torch.jit.ignore
+    def filter_state_dict(self, state_dict: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """ Return ``state_dict`` in this model's names (``checkpoint_filter_fn``: unwrapping, pytorchcv keys). """
+        return checkpoint_filter_fn(state_dict, self)
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """ Load a weight file through the checked loader, with timm's num_classes / in_chans adaptation.
+
+        timm's ``load_pretrained`` calls this for file and URL weights (our pretrained cfgs set ``custom_load``):
+        ``pretrained_cfg_overlay=dict(file=...)``, train.py's ``--pretrained-path``, a downloaded release.
+        """
+        load_checked(self, checkpoint_path, adapt=True)
+
+    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """ Parameter-group regexes (stem, per-stage or per-block groups, final norm) for layer-wise lr decay. """
         return dict(
             stem=r'^stem',
             blocks=[
@@ -369,13 +452,16 @@ class ResidualAttentionNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
+        """ Enable or disable activation checkpointing of each stage's blocks during training. """
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
+        """ Return the classifier layer (``head.fc``). """
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """ Replace the classifier with a new one for ``num_classes`` (0: none), optionally changing the pooling. """
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
@@ -459,6 +545,7 @@ class ResidualAttentionNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """ Return the unpooled final feature map (after the final BN-ReLU of pre-activation nets). """
         x = check_input_size(x, self.min_input_size)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -470,9 +557,11 @@ class ResidualAttentionNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """ Return the logits (or the pooled features if ``pre_logits``) of a ``forward_features`` output. """
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ Return the logits of an image batch. """
         x = self.forward_features(x)
         x = self.forward_head(x)
         return x
@@ -524,147 +613,15 @@ model_cfgs = dict(
 )
 
 
-# pytorchcv's ResAttNet (``pytorchcv.models.resattnet``) parameter names -> ours. Its residual unit (``ResBlock``)
-# holds the same tensors as ``PreActBottleneck`` under other names.
-_PCV_UNIT_RULES = (
-    (re.compile(r'body\.conv([123])\.bn\.'), r'norm\1.'),
-    (re.compile(r'body\.conv([123])\.conv\.'), r'conv\1.'),
-    (re.compile(r'identity_conv\.'), 'downsample.'),
-)
-_PCV_TOP_LEVEL = (
-    ('features.init_block.conv.conv.', 'stem.conv.'),
-    ('features.init_block.conv.bn.', 'stem.norm.'),
-    ('features.post_activ.bn.', 'norm.'),
-    ('output.', 'head.fc.'),
-)
-_PCV_UNIT_KEY = re.compile(r'features\.stage(\d+)\.unit(\d+)\.(.+)')
-_PCV_BLOCK = re.compile(r'block(\d+)\.(.+)')
-
-
-def is_pytorchcv_state_dict(state_dict: Dict[str, Any]) -> bool:
-    """ True if ``state_dict`` (already unwrapped, ``module.`` stripped) has pytorchcv's ResAttNet names. """
-    return any(k.startswith('features.init_block.') for k in state_dict)
-
-
-def _pcv_unit_key(rest: str) -> Optional[str]:
-    for pattern, repl in _PCV_UNIT_RULES:
-        if pattern.match(rest):
-            return pattern.sub(repl, rest, count=1)
-    return None
-
-
-def _pcv_attention_key(rest: str, levels: int, r: int) -> Optional[str]:
-    """ Map a key below one pytorchcv ``AttBlock`` (hourglass depth ``levels``) to our ``AttentionModule``.
-
-    pytorchcv's hourglass, for depth L: ``down{l}`` = pool + r units (our ``mask.down.{l-1}``); ``up{l}`` = r units +
-    x2 upsampling, where the deepest ``up{L}`` runs right after ``down{L}`` (the second half of our
-    ``mask.down.{L-1}``'s 2r units) and ``up{l}``, l < L, follows the merge with ``skip{l+1}`` (our
-    ``mask.up.{L-1-l}.up``); ``skip1`` is the trunk; ``skip{m}``, m >= 2, wraps one unit as ``skip1`` (our
-    ``mask.up.{L-m}.skip``); ``middle_block`` is the mask head; ``final_block`` the post unit.
-    """
-    def units(prefix: str, tail: str, offset: int = 0) -> Optional[str]:
-        m = _PCV_BLOCK.fullmatch(tail)
-        if m is None:
-            return None
-        unit = _pcv_unit_key(m.group(2))
-        return None if unit is None else f'{prefix}.{int(m.group(1)) - 1 + offset}.{unit}'
-
-    m = re.fullmatch(r'init_blocks\.blocks\.(.+)', rest)
-    if m:
-        return units('pre', m.group(1))
-    m = re.fullmatch(r'hg\.skip_seq\.skip1\.blocks\.(.+)', rest)
-    if m:
-        return units('trunk', m.group(1))
-    m = re.fullmatch(r'hg\.skip_seq\.skip(\d+)\.skip1\.(.+)', rest)
-    if m and 2 <= int(m.group(1)) <= levels:
-        unit = _pcv_unit_key(m.group(2))
-        return None if unit is None else f'mask.up.{levels - int(m.group(1))}.skip.{unit}'
-    m = re.fullmatch(r'hg\.down_seq\.down(\d+)\.res_blocks\.blocks\.(.+)', rest)
-    if m and 1 <= int(m.group(1)) <= levels:
-        return units(f'mask.down.{int(m.group(1)) - 1}', m.group(2))
-    m = re.fullmatch(r'hg\.up_seq\.up(\d+)\.res_blocks\.blocks\.(.+)', rest)
-    if m and 1 <= int(m.group(1)) <= levels:
-        level = int(m.group(1))
-        if level == levels:
-            return units(f'mask.down.{levels - 1}', m.group(2), offset=r)
-        return units(f'mask.up.{levels - 1 - level}.up', m.group(2))
-    m = re.fullmatch(r'middle_block\.conv([12])\.(bn|conv)\.(.+)', rest)
-    if m:
-        return f"mask.head.{'norm' if m.group(2) == 'bn' else 'conv'}{m.group(1)}.{m.group(3)}"
-    m = re.fullmatch(r'final_block\.(.+)', rest)
-    if m:
-        unit = _pcv_unit_key(m.group(1))
-        return None if unit is None else f'post.0.{unit}'
-    return None
-
-
-def _check_pytorchcv_target(model: nn.Module) -> ResAttnCfg:
-    cfg = getattr(model, 'cfg', None)
-    ok = (
-        isinstance(cfg, ResAttnCfg) and cfg.mask_wiring == 'pytorchcv' and cfg.max_pool == 'torch'
-        and cfg.unit == 'preact' and cfg.stem_type == 'imagenet' and cfg.mask_type == 'encoder_decoder'
-        and cfg.p == 1 and cfg.attention_residual and cfg.mask_act == 'mixed' and not cfg.stage_tail_units
-    )
-    if not ok:
-        what = (
-            f"a model with mask_wiring={cfg.mask_wiring!r}, max_pool={cfg.max_pool!r}, unit={cfg.unit!r}"
-            if isinstance(cfg, ResAttnCfg) else f'a {type(model).__name__}'
-        )
-        raise ValueError(
-            f"these are pytorchcv ResAttNet weights (keys like 'features.init_block.conv.conv.weight'): they "
-            f"compute pytorchcv's function only in an architecture wired like pytorchcv's, i.e. 'resattnet56_pcv' "
-            f"(mask_wiring='pytorchcv', max_pool='torch', pre-activation units, p=1), not in {what}. The official "
-            f"nets have the same parameter shapes but a different mask branch, so loading into them would run but "
-            f"be wrong. Use timm.create_model('resattnet56_pcv', pretrained=True, "
-            f"pretrained_cfg_overlay=dict(file='resattnet56.pth'))."
-        )
-    return cfg
-
-
-def convert_pytorchcv_state_dict(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """ Rename a pytorchcv ResAttNet state_dict (``pytorchcv.models.resattnet``, ``module.`` already stripped) to
-    ``model``'s names. ``model`` must be wired like pytorchcv (``resattnet56_pcv``); unknown keys are an error.
-    """
-    cfg = _check_pytorchcv_target(model)
-    out, unknown = {}, []
-    for k, v in state_dict.items():
-        new = None
-        for src, dst in _PCV_TOP_LEVEL:
-            if k.startswith(src):
-                new = dst + k[len(src):]
-                break
-        if new is None:
-            m = _PCV_UNIT_KEY.fullmatch(k)
-            if m:
-                stage, idx, rest = int(m.group(1)) - 1, int(m.group(2)) - 1, m.group(3)
-                if 0 <= stage < len(cfg.stage_chs):
-                    if idx < cfg.stage_units[stage]:
-                        sub = _pcv_unit_key(rest)
-                    else:
-                        sub = _pcv_attention_key(rest, cfg.mask_levels[stage], cfg.r)
-                    if sub is not None:
-                        new = f'stages.{stage}.{idx}.{sub}'
-        if new is None:
-            unknown.append(k)
-        else:
-            out[new] = v
-    if unknown:
-        raise ValueError(
-            f'{len(unknown)} pytorchcv key(s) have no counterpart in this {type(model).__name__} '
-            f'(stage units {cfg.stage_units}, modules {cfg.stage_modules}, mask levels {cfg.mask_levels}): '
-            f'{unknown[:5]}{" ..." if len(unknown) > 5 else ""}'
-        )
-    return out
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
     """ Unwrap training checkpoints (``state_dict`` / ``model`` / ``state_dict_ema`` entries) and strip the
     ``module.`` prefix DataParallel/DDP adds. Our own state_dicts pass through otherwise unchanged.
 
     pytorchcv ResAttNet weights (recognised by ``features.init_block.*`` keys; e.g. the community resattnet56
     checkpoint, a ``{'state_dict': {'module.features...': ...}, 'optimizer': ..., ...}`` training dict) are renamed
-    to ours when ``model`` is wired like pytorchcv (``resattnet56_pcv``), and rejected with a ValueError otherwise.
-    Caffe weights go through ``timm_resattn.convert.caffe`` first.
+    to ours (``timm_resattn.convert.pytorchcv``) when ``model`` is wired like pytorchcv (``resattnet56_pcv``), and
+    rejected with a ``ConversionError`` (a ``ValueError``) otherwise. Caffe weights go through
+    ``timm_resattn.convert.caffe`` first.
     """
     if isinstance(state_dict, dict):
         for key in ('state_dict', 'model', 'state_dict_ema'):
@@ -681,112 +638,42 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet
     return out
 
 
-# Stands in for a local weight file's tensors in ``pretrained_cfg['state_dict']`` (see ``_prepare_pretrained``).
-_LOADED_FILE_KEY = '__timm_resattn_loaded_file__'
-
-
-def _weights_source(cfg) -> Optional[Tuple[str, str]]:
-    """ (route, description) of the weights ``cfg`` points at, in the priority order of timm's
-    ``_resolve_pretrained_source``: hf-hub / local-dir sources, then state_dict, file, hf_hub_id, url; None if none. """
-    if cfg.source == 'hf-hub':
-        return 'hf-hub', f"Hugging Face Hub weights 'hf-hub:{cfg.hf_hub_id}'"
-    if cfg.source == 'local-dir':
-        return 'local-dir', f"weights in 'local-dir:{cfg.file}'"
-    if cfg.state_dict:
-        return 'state_dict', "the state_dict given in the pretrained cfg"
-    if cfg.file:
-        return 'file', f"weight file '{cfg.file}'"
-    if cfg.hf_hub_id:
-        return 'hf-hub', f"Hugging Face Hub weights '{cfg.hf_hub_id}'"
-    if cfg.url:
-        return 'url', f"weights at '{cfg.url}'"
-    return None
-
-
-def _no_weights_error(variant: str, cfg) -> RuntimeError:
-    """ The loud failure for ``pretrained=True`` on an architecture/tag that has no published weights. """
-    import timm
-    available = timm.list_pretrained('resatt*')
-    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
-    return RuntimeError(
-        f"No pretrained weights exist for '{name}': the authors never released ImageNet weights for this "
-        f"architecture. Weights that do exist: {available or 'none'}. Use pretrained=False for random init, or "
-        f"load a checkpoint of your own with timm.create_model('{variant}', pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) (or checkpoint_path=...). Caffe "
-        f"weights of the official nets convert with `python -m timm_resattn.convert caffe IN.caffemodel "
-        f"OUT.safetensors --model {variant}`."
-    )
-
-
-def _prepare_pretrained(variant: str, kwargs: Dict[str, Any]):
-    """ Route ``pretrained=True`` loading through ``timm_resattn.weights``; fail loudly if there are no weights.
-
-    A local ``file`` (``pretrained_cfg_overlay=dict(file=...)``, train.py ``--pretrained-path``) is read here with
-    ``load_state_dict_file`` (safetensors, or ``torch.load(weights_only=True)``; clear errors for corrupt files and
-    code-executing pickles). timm's ``load_pretrained`` still does the loading (``state_dict`` outranks ``file`` in
-    its source resolution), so ``checkpoint_filter_fn``, in_chans adaptation and the classifier reset for another
-    ``num_classes`` all still apply. The cfg carries only a one-entry stand-in for the tensors (timm deep-copies the
-    cfg), which the filter swaps for the real ones. Every source (file, hf-hub, local-dir, url, state_dict) is then
-    checked against the model by ``check_state_dict`` so that mismatches fail with a short, specific message.
-
-    Returns:
-        (kwargs for build_model_with_cfg, pretrained filter fn)
+def _checked_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
+    """ The pretrained filter for the weights timm reads itself (hf-hub:, local-dir:, a state_dict in the cfg):
+    ``checkpoint_filter_fn``, then the same checks as every other route (``timm_resattn.weights.check_state_dict``).
     """
-    from ..weights import check_state_dict, load_state_dict_file
-
-    cfg = resolve_pretrained_cfg(
-        variant,
-        pretrained_cfg=kwargs.get('pretrained_cfg'),
-        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
-    )
-    found = _weights_source(cfg)
-    if found is None:
-        raise _no_weights_error(variant, cfg)
-    route, source = found
-    loaded = None
-    if route == 'file' and not cfg.custom_load:
-        loaded = load_state_dict_file(cfg.file)
-        overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
-        overlay.update(state_dict={_LOADED_FILE_KEY: cfg.file}, custom_load=False)
-        kwargs = dict(kwargs, pretrained_cfg_overlay=overlay)
-    features_only = bool(kwargs.get('features_only', False))
-
-    def _filter(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
-        if loaded is not None and isinstance(state_dict, dict) and _LOADED_FILE_KEY in state_dict:
-            state_dict = loaded
-        state_dict = checkpoint_filter_fn(state_dict, model)
-        # features_only builds load with num_classes=0: the classifier is dropped
-        check_state_dict(state_dict, model, source=source, drop_classifier=True if features_only else None)
-        return state_dict
-
-    return kwargs, _filter
-
-
-def _forget_loaded_state_dict(model: nn.Module) -> None:
-    """ Keep no tensors (nor their stand-in) in ``model.pretrained_cfg`` once loaded (EMA/deepcopy, hub export). """
-    for attr in ('pretrained_cfg', 'default_cfg'):
-        cfg = getattr(model, attr, None)
-        if isinstance(cfg, dict):
-            cfg.pop('state_dict', None)
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    cfg = model.pretrained_cfg
+    source = f"Hugging Face Hub weights '{cfg.get('hf_hub_id')}'" if cfg.get('hf_hub_id') else (
+        f"weights in '{cfg.get('source')}:{cfg.get('file') or ''}'" if cfg.get('source') else
+        'the state_dict given in the pretrained cfg')
+    check_state_dict(state_dict, model, source=source)
+    return state_dict
 
 
 def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
-    filter_fn = checkpoint_filter_fn
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if pretrained and overlay and (overlay.get('file') or overlay.get('url')):
+        # timm resets custom_load for a new file/url source unless it is given: keep ours, so that the weights go
+        # through ResidualAttentionNet.load_pretrained (safetensors by content, metadata, the same checks)
+        kwargs['pretrained_cfg_overlay'] = {'custom_load': True, **overlay}
     if pretrained:
-        kwargs, filter_fn = _prepare_pretrained(variant, kwargs)
-    num_stages = len(model_cfgs[variant].stage_chs)
-    model = build_model_with_cfg(
+        weights_cfg = resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+        )
+        if not has_weights(weights_cfg):
+            raise no_weights_error(variant, weights_cfg.tag)
+    return build_model_with_cfg(
         ResidualAttentionNet,
         variant,
         pretrained,
         model_cfg=model_cfgs[variant],
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_stages + 1))),
+        pretrained_filter_fn=_checked_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(model_cfgs[variant].num_stages + 1))),
         **kwargs,
     )
-    if pretrained:
-        _forget_loaded_state_dict(model)
-    return model
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -805,6 +692,8 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
         'paper_name': 'Residual Attention Network for Image Classification',
         'origin_url': 'https://github.com/fwang91/residual-attention-network',
         'license': 'apache-2.0',
+        # file and url weights go through ResidualAttentionNet.load_pretrained (timm_resattn.weights' checked loader)
+        'custom_load': True,
         **kwargs,
     }
 

@@ -1,0 +1,73 @@
+""" Run one of timm's scripts (train.py, validate.py, benchmark.py, inference.py) with the models registered.
+
+timm's scripts live in the GitHub repository ``huggingface/pytorch-image-models`` (not in the ``timm`` wheel). timm
+has no plugin discovery, so a script only knows ``resattnet56`` & co. once ``timm_resattn`` has been imported in its
+process. ``train.py`` can do that itself (``--device-modules timm_resattn``); the other scripts can't::
+
+    timm-resattn run path/to/pytorch-image-models/validate.py /data/imagenet --model resattnet56 ...
+    torchrun --nproc_per_node=8 -m timm_resattn.scripts path/to/pytorch-image-models/train.py --model resattnet56 ...
+
+It imports ``timm_resattn`` and then runs the script as ``__main__`` (``runpy.run_path``) with
+``sys.argv = [SCRIPT, *ARGS]`` and the script's directory first on ``sys.path`` (in place of the current directory
+that ``python -m`` put there), as ``python SCRIPT ARGS`` would. The script's own exit status is returned. Nothing
+is installed anywhere: no ``.pth`` start-up hook, no change to other Python processes.
+"""
+import argparse
+import os
+import runpy
+import sys
+from typing import Sequence
+
+from ..errors import MissingFileError
+
+__all__ = ['run_script', 'configure', 'run']
+
+_TIMM_SCRIPTS = ('train.py', 'validate.py', 'benchmark.py', 'inference.py')
+
+
+def run_script(script: str, args: Sequence[str] = (), replace_path0: bool = False) -> None:
+    """ Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]`` after registering the models.
+
+    Args:
+        script: Path of the Python script.
+        args: Its command-line arguments.
+        replace_path0: Replace ``sys.path[0]`` (the current directory under ``python -m``) with the script's
+            directory instead of inserting it in front, exactly like ``python SCRIPT``.
+
+    Raises:
+        MissingFileError: ``script`` is not a file (a ``FileNotFoundError``).
+        SystemExit: Whatever the script raises (``sys.exit`` / argparse errors) propagates unchanged.
+    """
+    if not os.path.isfile(script):
+        hint = ''
+        if os.path.basename(script) in _TIMM_SCRIPTS:
+            hint = (" (timm's scripts are not part of the timm wheel: clone "
+                    "https://github.com/huggingface/pytorch-image-models and pass the path of the script)")
+        raise MissingFileError(f"script not found: '{script}'{hint}")
+    import timm_resattn  # noqa: F401  (registers the models with timm)
+
+    script_dir = os.path.dirname(os.path.realpath(script))
+    if getattr(sys.flags, 'safe_path', False):
+        pass  # python -P / PYTHONSAFEPATH: `python SCRIPT` would not prepend the script's directory either
+    elif replace_path0 and sys.path and sys.path[0] in ('', os.getcwd()):
+        sys.path[0] = script_dir
+    else:
+        sys.path.insert(0, script_dir)
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name='__main__')
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('script', metavar='SCRIPT.py', help="the script, e.g. path/to/pytorch-image-models/validate.py")
+    parser.add_argument('script_args', nargs=argparse.REMAINDER, metavar='ARGS', help="the script's own arguments")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        run_script(args.script, args.script_args, replace_path0=True)
+    except SystemExit as e:  # the script's own exit status
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    return 0

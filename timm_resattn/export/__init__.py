@@ -1,0 +1,1 @@
+""" Writing models out for others: the Hugging Face Hub layout (``hub``). """

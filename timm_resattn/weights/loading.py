@@ -1,0 +1,147 @@
+""" The one checked loader that every route reading a weight file goes through.
+
+Routes and how they arrive here:
+
+* ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` and train.py's
+  ``--pretrained-path``: our pretrained cfgs set ``custom_load=True``, so timm's ``load_pretrained`` hands the file
+  to ``ResidualAttentionNet.load_pretrained``, which calls :func:`load_checked` with ``adapt=True``;
+* a weight URL (``resattnet56_pcv.pq_in1k``): timm downloads it into its cache, then the same;
+* every command's ``--checkpoint`` and :func:`load_weights`: :func:`load_checked` with ``adapt=False``;
+* ``hf-hub:`` / ``local-dir:`` (and a ``state_dict`` in the pretrained cfg): timm reads the files (safetensors, or
+  ``torch.load(weights_only=True)``), then the model's pretrained filter runs :func:`check_state_dict` on them.
+
+The one route that can't be routed is ``timm.create_model(..., checkpoint_path=F)`` (and validate.py's
+``--checkpoint``): timm loads it with its own ``load_checkpoint`` (``weights_only=True``, strict), so a mismatch
+gives PyTorch's ``load_state_dict`` error rather than ours. Use ``pretrained_cfg_overlay=dict(file=F)`` or
+:func:`load_weights` for the checked route.
+"""
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ..errors import WeightsError
+from .checks import _as_tuple, _is_classifier_key, check_metadata, check_state_dict
+from .files import read_weight_file
+
+__all__ = ['load_checked', 'load_weights', 'has_weights', 'no_weights_error']
+
+FilterFn = Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
+
+
+def _adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: nn.Module, first_convs) -> None:
+    """ timm's in_chans adaptation of the first conv (``adapt_input_conv``: sum for 1 channel, repeat and rescale
+    for more), where the file's first conv has another number of input channels than the model's. """
+    from timm.models import adapt_input_conv
+    for name in first_convs:
+        key = f'{name}.weight'
+        if key not in state_dict:
+            continue
+        want = model.get_submodule(name).weight
+        got = state_dict[key]
+        if got.ndim == 4 and got.shape[1] != want.shape[1] and got.shape[:1] + got.shape[2:] == want.shape[:1] + \
+                want.shape[2:]:
+            state_dict[key] = adapt_input_conv(want.shape[1], got)
+
+
+def load_checked(
+        model: nn.Module,
+        source: Union[str, Path, Mapping[str, torch.Tensor]],
+        filter_fn: Optional[FilterFn] = None,
+        adapt: bool = False,
+        use_ema: bool = True,
+        strict: bool = True,
+) -> nn.Module:
+    """ Read (if a path), convert, check and load weights into ``model``; the one loading path of this package.
+
+    Args:
+        model: The model (not a features_only wrapper).
+        source: A weight file (see ``weights.files``) or a state dict.
+        filter_fn: ``(state_dict, model) -> state_dict`` (unwrapping, key conversion); default: the model's own
+            ``filter_state_dict`` method, if it has one.
+        adapt: Apply timm's fine-tuning adaptation like ``timm.models.load_pretrained``: the classifier is dropped
+            (left at its init) when the model's ``num_classes`` differs from ``pretrained_cfg['num_classes']``, and
+            a first conv with other input channels is adapted. Otherwise the weights must fit exactly.
+        use_ema: For training checkpoints, prefer the EMA weights (as timm does).
+        strict: Check keys, shapes, dtypes and values and refuse any mismatch; ``False`` loads what fits (PyTorch's
+            ``load_state_dict(strict=False)``), after the metadata check.
+
+    Raises:
+        MissingFileError, WeightsError: With a message naming the file and what is wrong (see ``check_state_dict``,
+            ``check_metadata``).
+    """
+    if isinstance(source, Mapping):
+        state_dict, metadata, what = dict(source), {}, 'the given state dict'
+    else:
+        state_dict, metadata = read_weight_file(source, use_ema=use_ema)
+        what = f"weight file '{source}'"
+    check_metadata(metadata, model, what)
+    if filter_fn is None and hasattr(model, 'filter_state_dict'):
+        def filter_fn(sd, m):  # timm's filter signature, (state_dict, model)
+            return m.filter_state_dict(sd)
+    if filter_fn is not None:
+        try:
+            state_dict = filter_fn(state_dict, model)
+        except WeightsError:
+            raise
+        except ValueError as e:  # a converter that recognised the file but can't map it onto this model
+            raise WeightsError(f"Can't load {what}: {e}") from None
+
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    classifiers = _as_tuple(cfg.get('classifier'))
+    drop_classifier = False
+    if adapt:
+        pretrained_classes = cfg.get('num_classes')
+        drop_classifier = pretrained_classes is not None and getattr(model, 'num_classes', None) != pretrained_classes
+        _adapt_in_chans(state_dict, model, _as_tuple(cfg.get('first_conv')))
+    if not strict:
+        model.load_state_dict(state_dict, strict=False)
+        return model
+    check_state_dict(state_dict, model, source=what, drop_classifier=drop_classifier, adapt_in_chans=False)
+    if drop_classifier:
+        state_dict = {k: v for k, v in state_dict.items() if not _is_classifier_key(k, classifiers)}
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    left = [k for k in missing if not (drop_classifier and _is_classifier_key(k, classifiers))
+            and not k.endswith('num_batches_tracked')]
+    if left or unexpected:  # check_state_dict let nothing else through; a safeguard, not a user path
+        raise WeightsError(f'{what}: keys left unloaded {left[:5]}, unexpected {unexpected[:5]}')
+    return model
+
+
+def load_weights(
+        model: nn.Module,
+        path: Union[str, Path],
+        use_ema: bool = True,
+        strict: bool = True,
+) -> nn.Module:
+    """ Safely read ``path``, check it and load it into ``model`` as it is (no classifier or in_chans adaptation).
+
+    The checked counterpart of ``timm.models.load_checkpoint`` (validate.py ``--checkpoint``). For fine-tuning use
+    ``timm.create_model(name, pretrained=True, num_classes=..., in_chans=..., pretrained_cfg_overlay=dict(file=path))``.
+    ``strict=False`` skips the key/shape check and loads what fits (PyTorch's ``load_state_dict(strict=False)``).
+    """
+    return load_checked(model, path, adapt=False, use_ema=use_ema, strict=strict)
+
+
+def has_weights(pretrained_cfg: Any) -> bool:
+    """ Whether a resolved ``PretrainedCfg`` points at any weights (a Hub id, local dir, file, URL or state dict). """
+    if pretrained_cfg is None:
+        return False
+    if getattr(pretrained_cfg, 'source', None) in ('hf-hub', 'local-dir'):
+        return True
+    return any(getattr(pretrained_cfg, k, None) for k in ('state_dict', 'file', 'hf_hub_id', 'url'))
+
+
+def no_weights_error(variant: str, tag: Optional[str]) -> WeightsError:
+    """ The loud failure for ``pretrained=True`` on an architecture/tag without published weights. """
+    import timm
+    available = timm.list_pretrained('resatt*')
+    name = f'{variant}.{tag}' if tag else variant
+    return WeightsError(
+        f"No pretrained weights exist for '{name}': the authors never released ImageNet weights for this "
+        f"architecture. Weights that do exist: {available or 'none'}. Use pretrained=False for random init, or "
+        f"load a checkpoint of your own with timm.create_model('{variant}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')). Caffe weights of the official nets "
+        f"convert with `timm-resattn convert caffe IN.caffemodel OUT.safetensors --model {variant}`."
+    )
