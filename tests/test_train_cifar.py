@@ -174,7 +174,7 @@ def test_checkpoint_loads_with_timm(trained, data_dir):
         assert (out / name).is_file(), name
     ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=True)
     assert ckpt['arch'] == 'resattnet56_cifar' and ckpt['iteration'] == 30 and ckpt['version'] == 2
-    assert {'state_dict', 'optimizer', 'epoch', 'args', 'metric', 'pixel_mean'} <= set(ckpt)
+    assert {'state_dict', 'optimizer', 'epoch', 'args', 'metric', 'normalization'} <= set(ckpt)
     assert ckpt['args']['model_kwargs'] == NARROW_KWARGS
 
     model = timm.create_model('resattnet56_cifar', num_classes=10, checkpoint_path=str(out / 'last.pth.tar'),
@@ -186,10 +186,12 @@ def test_checkpoint_loads_with_timm(trained, data_dir):
     best = load_file(str(out / 'model_best.safetensors'))
     assert all(torch.equal(v, best[k]) for k, v in from_st.state_dict().items())
 
-    # the saved model reproduces the printed test accuracy
+    # the saved model reproduces the printed test accuracy, with the normalisation the checkpoint records (the
+    # model's data config, per channel: see timm_resattn.train.loop)
     x, y, _ = load_cifar(data_dir, 'cifar10', train=False)
+    mean, std = (torch.tensor(ckpt['normalization'][k]).view(3, 1, 1) for k in ('mean', 'std'))
     with torch.no_grad():
-        logits = model(x.float() / 255 - ckpt['pixel_mean'])
+        logits = model((x.float() / 255 - mean) / std)
     assert 100.0 * (logits.argmax(1) == y).float().mean().item() == pytest.approx(ckpt['metric'])
 
 
