@@ -20,7 +20,7 @@ from .train.cifar_data import (  # noqa: F401  (public names of this module befo
     pixel_mean,
 )
 from .train.cifar_data import stream_seed as _stream_seed  # noqa: F401
-from .train.loop import build_checkpoint, evaluate, lr_at, save_checkpoint_file  # noqa: F401
+from .train.loop import TrainingDiverged, build_checkpoint, evaluate, lr_at, save_checkpoint_file  # noqa: F401
 
 __all__ = [
     'load_cifar', 'apply_label_noise', 'pixel_mean', 'augment_batch', 'lr_at', 'main',

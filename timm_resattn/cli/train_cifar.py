@@ -227,24 +227,27 @@ def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
     run_args = dict(vars(args), milestones=milestones, num_classes=num_classes, model_kwargs=model_kwargs)
     best = {'acc': best_acc, 'it': best_it}
 
-    def on_eval(done: int):
+    def evaluate_fn(done: int):
         acc, loss_test = evaluate(model, test_x, test_y, norm, device, amp_dtype)
+        print(f'test @ iter {done}: top-1 {acc:.2f}% (error {100 - acc:.2f}%), loss {loss_test:.4f}; best '
+              f'{max(best["acc"], acc):.2f}% @ {done if acc > best["acc"] else best["it"]}', flush=True)
+        return acc, loss_test
+
+    def checkpoint_fn(done: int, acc: float, loss_test: float):
         is_best = acc > best['acc']
         if is_best:
             best.update(acc=acc, it=done)
-        print(f'test @ iter {done}: top-1 {acc:.2f}% (error {100 - acc:.2f}%), loss {loss_test:.4f}; best '
-              f'{best["acc"]:.2f}% @ {best["it"]}', flush=True)
         state = build_checkpoint(
             model, optimizer, scaler, args.model, done, train_set.batches_per_epoch, acc, best['acc'], best['it'],
             run_args, num_classes, class_names, norm, noise_rate)
         save_checkpoint_file(os.path.join(out_dir, 'last.pth.tar'), state)
         if is_best:
             save_checkpoint_file(os.path.join(out_dir, 'model_best.pth.tar'), state)
-        return acc, loss_test
 
     schedule = Schedule(args.iters, milestones, args.lr, args.eval_every, args.log_every, args.seed)
     with _run_folder(out_dir):
-        acc, loss_test = train_loop(model, optimizer, scaler, loader, schedule, start_it, device, amp_dtype, on_eval)
+        acc, loss_test = train_loop(model, optimizer, scaler, loader, schedule, start_it, device, amp_dtype,
+                                     evaluate_fn, checkpoint_fn)
         best_path = os.path.join(out_dir, 'model_best.pth.tar')
         if os.path.isfile(best_path):
             write_final_safetensors(best_path, os.path.join(out_dir, 'model_best.safetensors'))

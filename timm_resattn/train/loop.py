@@ -192,6 +192,26 @@ def write_final_safetensors(checkpoint_path: str, out_path: str) -> None:
     _atomic_write(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+def _check_state_dict_fits(path: str, state_dict: Dict[str, torch.Tensor], model: nn.Module, arch: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    other_shape = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or other_shape):
+        return
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} tensors missing (e.g. {missing[0]})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
+    if other_shape:
+        k = other_shape[0]
+        problems.append(f'{len(other_shape)} of another shape (e.g. {k}: {tuple(state_dict[k].shape)} in the file, '
+                        f'{tuple(own[k].shape)} in the model)')
+    raise WeightsError(f'--resume {path}: its weights do not fit --model {arch} with these --model-kwargs: '
+                       f'{"; ".join(problems)}')
+
+
 def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                            scaler: Optional[torch.amp.GradScaler], arch: str,
                            normalization: Dict[str, object]) -> Tuple[int, float, int]:
@@ -229,11 +249,8 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
             tuple(saved_norm['std']) != tuple(normalization['std']):
         raise WeightsError(f'--resume {path}: trained with normalisation {saved_norm}, the model now gives '
                            f'{normalization}')
-    try:
-        model.load_state_dict(ckpt['state_dict'])
-    except RuntimeError as e:
-        raise WeightsError(f'--resume {path}: its weights do not fit --model {arch} with these --model-kwargs: '
-                           f'{str(e)[:400]}') from None
+    _check_state_dict_fits(path, ckpt['state_dict'], model, arch)
+    model.load_state_dict(ckpt['state_dict'])
     try:
         optimizer.load_state_dict(ckpt['optimizer'])
     except (ValueError, KeyError, RuntimeError) as e:
@@ -246,10 +263,14 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
                loader, schedule: Schedule, start_it: int, device: torch.device, amp_dtype: Optional[torch.dtype],
-               on_eval: Callable[[int], Tuple[float, float]]) -> Tuple[float, float]:
-    """ Iterations ``start_it .. schedule.iters - 1``; logs every ``log_every`` and calls ``on_eval(done)``
-    (evaluate + checkpoint; returns (top-1, test loss)) every ``eval_every`` and at the end. Returns the last
-    (top-1, test loss).
+               evaluate_fn: Callable[[int], Tuple[float, float]],
+               checkpoint_fn: Callable[[int, float, float], None]) -> Tuple[float, float]:
+    """ Iterations ``start_it .. schedule.iters - 1``; logs every ``log_every``; every ``eval_every`` and at the
+    end calls ``evaluate_fn(done) -> (top-1, test loss)`` and then ``checkpoint_fn(done, top-1, test loss)``.
+    Returns the last (top-1, test loss).
+
+    A non-finite training loss (before the step) or test loss (before the checkpoint) raises ``TrainingDiverged``
+    naming the iteration; the checkpoints written before it stay.
     """
     loss_sum, loss_n, t0, seen = 0.0, 0, time.time(), 0
     acc = loss_test = float('nan')
@@ -269,6 +290,12 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optio
                   f'{seen / max(dt, 1e-9):.0f} imgs/s', flush=True)
             loss_sum, loss_n, t0, seen = 0.0, 0, time.time(), 0
         if done % schedule.eval_every == 0 or done == schedule.iters:
-            acc, loss_test = on_eval(done)
+            acc, loss_test = evaluate_fn(done)
+            if not math.isfinite(loss_test):
+                raise TrainingDiverged(
+                    f'training diverged by iteration {done}: the test loss is {loss_test} (lr {lr:g}); stopped '
+                    f'without saving this state (try a smaller --lr)'
+                )
+            checkpoint_fn(done, acc, loss_test)
             t0, seen = time.time(), 0  # imgs/s counts training only
     return acc, loss_test
