@@ -188,8 +188,39 @@ def _noisy_labels(args: argparse.Namespace, train_y: torch.Tensor, num_classes: 
     return noisy, noise_rate
 
 
+def _build_training(args: argparse.Namespace, num_classes: int, model_kwargs: Dict[str, object],
+                    device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """ Model (in train mode), its normalisation, optimizer and AMP scaler, restored from ``--resume`` if given;
+    returns them with ``(start iteration, best top-1, its iteration)``.
+    """
+    model = _create_model(args, num_classes, model_kwargs).to(device)
+    model.train()
+    norm = data_normalization(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    progress = (0, -1.0, -1)
+    if args.resume:
+        progress = load_resume_checkpoint(args.resume, model, optimizer, scaler, args.model, norm)
+        if progress[0] >= args.iters:
+            raise CommandError(f'--resume {args.resume} is at iteration {progress[0]}, already >= --iters '
+                               f'{args.iters}')
+        print(f'resumed from {args.resume} at iteration {progress[0]}', flush=True)
+    return model, norm, optimizer, scaler, progress
+
+
+def _write_final_outputs(out_dir: str, summary: Dict[str, float]) -> None:
+    best_path = os.path.join(out_dir, 'model_best.pth.tar')
+    if os.path.isfile(best_path):
+        write_final_safetensors(best_path, os.path.join(out_dir, 'model_best.safetensors'))
+    with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+
+
 def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
-    """ The whole command; returns the summary (also written to ``summary.json``). """
+    """ The whole command; returns the summary (also written to ``summary.json``). The output folder is created
+    only once data and model are ready.
+    """
     validate_args(args)
     model_kwargs = parse_model_kwargs(args.model_kwargs)
     milestones = parse_milestones(args.milestones, args.iters)
@@ -200,22 +231,11 @@ def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
     train_x, train_y, test_x, test_y, class_names = _load_data(args)
     num_classes = NUM_CLASSES[args.dataset]
     train_y, noise_rate = _noisy_labels(args, train_y, num_classes)
-    model = _create_model(args, num_classes, model_kwargs).to(device)
-    model.train()
-    norm = data_normalization(model)
+    model, norm, optimizer, scaler, (start_it, best_acc, best_it) = _build_training(
+        args, num_classes, model_kwargs, device, amp_dtype)
     print(f'{args.dataset}: {len(train_x)} train / {len(test_x)} test images, {num_classes} classes; inputs '
           f'normalised per channel with the model data config (mean {list(norm["mean"])}, std {list(norm["std"])}, '
           f'pixels in [0, 1])', flush=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
-    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    start_it, best_acc, best_it = 0, -1.0, -1
-    if args.resume:
-        start_it, best_acc, best_it = load_resume_checkpoint(args.resume, model, optimizer, scaler, args.model, norm)
-        if start_it >= args.iters:
-            raise CommandError(f'--resume {args.resume} is at iteration {start_it}, already >= --iters {args.iters}')
-        print(f'resumed from {args.resume} at iteration {start_it}', flush=True)
-
     train_set = TrainBatches(train_x, train_y, norm['mean'], args.batch_size, args.seed, std=norm['std'])
     loader = DataLoader(train_set, batch_size=None, sampler=range(start_it, args.iters), num_workers=args.workers,
                         pin_memory=device.type == 'cuda', persistent_workers=False)
@@ -248,13 +268,9 @@ def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
     with _run_folder(out_dir):
         acc, loss_test = train_loop(model, optimizer, scaler, loader, schedule, start_it, device, amp_dtype,
                                      evaluate_fn, checkpoint_fn)
-        best_path = os.path.join(out_dir, 'model_best.pth.tar')
-        if os.path.isfile(best_path):
-            write_final_safetensors(best_path, os.path.join(out_dir, 'model_best.safetensors'))
         summary = {'top1': acc, 'test_loss': loss_test, 'best_top1': best['acc'], 'best_iteration': best['it'],
                    'label_noise_rate': noise_rate, 'iterations': args.iters}
-        with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=2)
+        _write_final_outputs(out_dir, summary)
     print(f'done: top-1 {acc:.2f}%, best {best["acc"]:.2f}% @ iter {best["it"]}; checkpoints in {out_dir}',
           flush=True)
     return summary
