@@ -468,3 +468,20 @@ def test_command_line_error_subprocess(data_dir, tmp_path):
          '--iters', '0'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr == 'error: --iters must be a positive integer, got 0\n'
     assert not (tmp_path / 'r').exists()
+
+
+def test_configure_and_run_under_a_dispatcher(data_dir, tmp_path, capsys):
+    """ The cli convention: configure(subparser) + run(args) -> 0, with a dispatcher's extra entries in args (here
+    a function) kept out of the checkpoint, which still loads with weights_only=True. """
+    import argparse
+
+    from timm_resattn.cli import train_cifar as command
+    parser = argparse.ArgumentParser(prog='timm-resattn')
+    sub = parser.add_subparsers(dest='command', required=True)
+    command.configure(sub.add_parser('train-cifar')).set_defaults(func=command.run)
+    args = parser.parse_args(['train-cifar', '--data-dir', data_dir, '--out', str(tmp_path), '--batch-size', '16',
+                              '--workers', '0', *NARROW, '--iters', '1'])
+    assert args.func(args) == 0
+    ckpt = torch.load(tmp_path / 'last.pth.tar', map_location='cpu', weights_only=True)
+    assert ckpt['iteration'] == 1 and 'func' not in ckpt['args'] and ckpt['args']['command'] == 'train-cifar'
+    assert 'done: top-1' in capsys.readouterr().out

@@ -244,7 +244,9 @@ def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
           f'({args.iters / train_set.batches_per_epoch:.1f} epochs), lr {args.lr} /10 at {milestones}, '
           f'{"Nesterov " if args.nesterov else ""}SGD momentum {args.momentum} wd {args.weight_decay}, '
           f'device {device}{", amp " + str(amp_dtype).split(".")[-1] if amp_dtype else ""}', flush=True)
-    run_args = dict(vars(args), milestones=milestones, num_classes=num_classes, model_kwargs=model_kwargs)
+    # plain values only (a dispatcher may add e.g. a function to args): the checkpoint must load with weights_only
+    run_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    run_args.update(milestones=milestones, num_classes=num_classes, model_kwargs=model_kwargs)
     best = {'acc': best_acc, 'it': best_it}
 
     def evaluate_fn(done: int):
