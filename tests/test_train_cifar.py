@@ -418,6 +418,9 @@ def test_resume_from_unusable_files(trained, data_dir, tmp_path, capsys):
     corrupt.write_bytes((out / 'last.pth.tar').read_bytes()[:1000])
     plain = tmp_path / 'plain.pth'
     torch.save(ckpt['state_dict'], plain)
+    older = tmp_path / 'per_pixel_mean.pth.tar'  # a checkpoint of the train_cifar that subtracted the mean image
+    torch.save({**{k: v for k, v in ckpt.items() if k != 'normalization'}, 'pixel_mean': torch.zeros(3, 32, 32)},
+               older)
     base = ['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
             '--iters', '40']
     for path, argv, expect in (
@@ -426,6 +429,7 @@ def test_resume_from_unusable_files(trained, data_dir, tmp_path, capsys):
         (out / 'last.pth.tar', ['--model', 'resattnet92_cifar', '--model-kwargs', *NARROW[3:]],
          "a checkpoint of 'resattnet56_cifar', but --model is 'resattnet92_cifar'"),
         (out / 'last.pth.tar', [*NARROW[:3], 'stage_chs=(16, 32, 32)', 'stem_chs=8'], 'do not fit --model'),
+        (older, NARROW, 'per-pixel mean image of an older train_cifar'),
     ):
         err = _error_of([*base, *argv, '--resume', str(path)], capsys)
         assert str(path) in err and expect in err, err

@@ -102,7 +102,7 @@ def read_cifar_pickle(path: str) -> dict:
     except DataError:
         raise
     except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, OverflowError) as e:
+            KeyError, MemoryError, OverflowError, RecursionError) as e:
         what = 'truncated' if isinstance(e, EOFError) else 'corrupt'
         raise DataError(
             f'{path}: not a readable CIFAR python batch ({what}: {type(e).__name__}: {e}); delete it and download '
