@@ -158,7 +158,10 @@ def _create_model(args: argparse.Namespace, num_classes: int, model_kwargs: Dict
 def _run_folder(path: str):
     """ Create ``path``; if the run fails before writing anything into it and we created it, remove it again. """
     created = not os.path.isdir(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CommandError(f'--out {path}: cannot create this folder ({e.strerror or e})') from None
     try:
         yield path
     except BaseException:
