@@ -6,10 +6,12 @@ The recipe is the paper's (§4.1; every default of ``timm_resattn.cli.train_cifa
 * learning rate 0.1, divided by 10 at 64k and 96k iterations, training stops at 160k iterations (~205 epochs);
 * augmentation (``cifar_data.augment_batch``): zero-pad by 4 px, a random 32x32 crop, a horizontal flip.
 
-Where we differ: normalisation. The paper subtracts the per-pixel mean image of the training set (no division by a
-standard deviation). Here the pixels, scaled to [0, 1], are normalised per channel with the model's own data config
+Where we differ: normalisation. The paper's CIFAR crops have "the per-pixel RGB mean value subtracted" (§4.1; this
+module used to subtract the training set's mean image, with no division by a standard deviation). Here the pixels,
+scaled to [0, 1], are normalised per channel with the model's own data config
 (``timm.data.resolve_data_config(model=model)``: CIFAR-10's channel mean/std for the ``*_cifar`` models), exactly the
-arithmetic of timm's eval transform. A checkpoint of this loop therefore gets the inputs it was trained on through
+arithmetic of timm's eval transform, and what the paper does on ImageNet ("scale to [0, 1] and mean value subtracted
+and standard variance divided", §4.2). A checkpoint of this loop therefore gets the inputs it was trained on through
 timm's own preprocessing (``validate.py --checkpoint``, ``create_transform``, the classify command, an HF export),
 with no flags. The normalisation used is recorded in every checkpoint (``normalization``: mean, std, and where they
 came from).
