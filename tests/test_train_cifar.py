@@ -174,7 +174,7 @@ def test_checkpoint_loads_with_timm(trained, data_dir):
         assert (out / name).is_file(), name
     ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=True)
     assert ckpt['arch'] == 'resattnet56_cifar' and ckpt['iteration'] == 30 and ckpt['version'] == 2
-    assert {'state_dict', 'optimizer', 'epoch', 'args', 'metric', 'pixel_mean'} <= set(ckpt)
+    assert {'state_dict', 'optimizer', 'epoch', 'args', 'metric', 'normalization'} <= set(ckpt)
     assert ckpt['args']['model_kwargs'] == NARROW_KWARGS
 
     model = timm.create_model('resattnet56_cifar', num_classes=10, checkpoint_path=str(out / 'last.pth.tar'),
@@ -186,10 +186,12 @@ def test_checkpoint_loads_with_timm(trained, data_dir):
     best = load_file(str(out / 'model_best.safetensors'))
     assert all(torch.equal(v, best[k]) for k, v in from_st.state_dict().items())
 
-    # the saved model reproduces the printed test accuracy
+    # the saved model reproduces the printed test accuracy, with the normalisation the checkpoint records (the
+    # model's data config, per channel: see timm_resattn.train.loop)
     x, y, _ = load_cifar(data_dir, 'cifar10', train=False)
+    mean, std = (torch.tensor(ckpt['normalization'][k]).view(3, 1, 1) for k in ('mean', 'std'))
     with torch.no_grad():
-        logits = model(x.float() / 255 - ckpt['pixel_mean'])
+        logits = model((x.float() / 255 - mean) / std)
     assert 100.0 * (logits.argmax(1) == y).float().mean().item() == pytest.approx(ckpt['metric'])
 
 
@@ -222,3 +224,268 @@ def test_data_order_independent_of_workers(data_dir):
     for i in range(12):
         assert torch.equal(ds[i][1], y[perm[16 * i:16 * (i + 1)]])
     assert not torch.equal(ds._epoch_perm(1), perm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 10: safe reading, clear errors, agreement with timm's preprocessing, no NaN or half-written checkpoints
+
+from timm_resattn.errors import ConfigError, DataError  # noqa: E402
+
+
+def _batch_file(root, name='data_batch_1'):
+    folder = 'cifar-10-batches-py'
+    return os.path.join(root, folder, name)
+
+
+class _CreatesFile:
+    """ Unpickling this calls ``open(path, 'w')``: the file appears if the reader executes pickled globals. """
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+@pytest.mark.parametrize('name', ['data_batch_3', 'batches.meta'])
+def test_crafted_pickle_is_refused(tmp_path, name):
+    root = write_cifar10(tmp_path / 'd', n_per_batch=4, n_test=4)
+    marker = tmp_path / 'pwned'
+    with open(_batch_file(root, name), 'wb') as f:
+        pickle.dump({'data': _CreatesFile(str(marker)), 'labels': [0], 'label_names': []}, f)
+    with pytest.raises(DataError) as e:
+        load_cifar(str(root), 'cifar10', train=True)
+    assert not marker.exists()
+    assert name in str(e.value) and 'refusing to unpickle the global io.open' in str(e.value)
+
+
+def test_reader_accepts_every_numpy_pickle_protocol(tmp_path):
+    """ The restricted unpickler still reads CIFAR as numpy pickles it: protocol 2 (the official files, written by
+    Python 2 with numpy.core; Python 3 adds _codecs.encode for bytes), 4 and 5 (numpy's _frombuffer). """
+    base = tmp_path / 'cifar-10-batches-py'
+    base.mkdir()
+    data = np.arange(4 * 3072, dtype=np.uint64).astype(np.uint8).reshape(4, 3072)
+    for i, proto in enumerate((2, 2, 4, 5, 5), start=1):
+        raw = pickle.dumps({'data': data, 'labels': [i % 10] * 4, 'batch_label': b'bytes'}, protocol=proto)
+        if i == 1:  # as numpy 1.x / Python 2 wrote it
+            assert b'numpy._core.multiarray' in raw
+            raw = raw.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+        (base / f'data_batch_{i}').write_bytes(raw)
+    x, y, names = load_cifar(str(tmp_path), 'cifar10', train=True)
+    assert torch.equal(x, torch.from_numpy(np.concatenate([data] * 5).reshape(20, 3, 32, 32)))
+    assert y.tolist() == [i for i in range(1, 6) for _ in range(4)] and names == [str(i) for i in range(10)]
+
+
+_TRUNCATED = 'truncated'
+
+
+@pytest.mark.parametrize('content, message', [
+    ({'labels': [0] * 4}, "no 'data' entry"),
+    (b'\x80\x02X\x02\x00\x00\x00\xff\xfe.', 'UnicodeDecodeError'),  # a pickle with a non-UTF-8 string
+    (_TRUNCATED, 'truncated'),
+    (b'\x00\x01 not a pickle', 'corrupt'),
+    ({'data': np.zeros((4, 3072), np.float64), 'labels': [0] * 4}, 'float64 array'),
+    ({'data': np.zeros((4, 3071), np.uint8), 'labels': [0] * 4}, 'shape (4, 3071)'),
+    ({'data': np.zeros((4, 3072), np.uint8), 'labels': [0, 1, 10, 2]}, 'label 10 out of range'),
+    ({'data': np.zeros((4, 3072), np.uint8), 'labels': [0, 1]}, '4 images but 2 labels'),
+    ([1, 2, 3], 'holds a list'),
+], ids=['no-data', 'unicode', 'truncated', 'garbage', 'dtype', 'shape', 'label-range', 'label-count', 'not-dict'])
+def test_corrupt_batch_is_a_data_error(tmp_path, content, message):
+    root = write_cifar10(tmp_path, n_per_batch=4, n_test=4)
+    path = _batch_file(root, 'data_batch_2')
+    if content is _TRUNCATED:
+        with open(path, 'rb') as f:
+            raw = f.read()[:os.path.getsize(path) // 2]
+    elif isinstance(content, bytes):
+        raw = content
+    else:
+        raw = pickle.dumps(content)
+    with open(path, 'wb') as f:
+        f.write(raw)
+    with pytest.raises(DataError) as e:
+        load_cifar(str(root), 'cifar10', train=True)
+    assert path in str(e.value) and message in str(e.value)
+
+
+def _error_of(argv, capsys):
+    """ Run the command in-process; return its stderr, asserting exit status 2 and no traceback. """
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert 'Traceback' not in err and err.startswith('error: ') and 1 <= len(err.strip().splitlines()) <= 2, err
+    return err
+
+
+@pytest.mark.parametrize('flags, expect', [
+    (['--iters', '0'], '--iters'),
+    (['--batch-size', '-1'], '--batch-size'),
+    (['--batch-size', '1000'], '--batch-size'),  # more than the 200 training images
+    (['--label-noise', '2'], '--label-noise'),
+    (['--milestones', 'abc'], '--milestones'),
+    (['--workers', '-1'], '--workers'),
+    (['--lr', 'nan'], '--lr'),
+    (['--model', 'no_such_net'], '--model'),
+    (['--model-kwargs', 'stem_chs'], '--model-kwargs'),
+    (['--model-kwargs', 'no_such_kwarg=1'], '--model-kwargs'),
+    (['--model-kwargs', 'mask_act=bogus'], 'mask_act'),
+    (['--resume', 'no/such/file.pth.tar'], '--resume'),
+])
+def test_bad_flag_is_one_error_line(data_dir, tmp_path, capsys, flags, expect):
+    out = tmp_path / 'run'
+    # later flags win: NARROW's --model-kwargs is replaced where a test passes its own
+    err = _error_of(['--data-dir', data_dir, '--out', str(out), '--workers', '0', *NARROW, '--iters', '2', *flags],
+                    capsys)
+    assert expect in err
+    assert not out.exists()
+
+
+def test_bad_out_and_data_dir(data_dir, tmp_path, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    assert '--out' in _error_of(['--data-dir', data_dir, '--out', str(a_file), *NARROW], capsys)
+    missing = tmp_path / 'missing'
+    err = _error_of(['--data-dir', str(missing), '--out', str(tmp_path / 'run'), *NARROW], capsys)
+    assert '--data-dir' in err and str(missing) in err and not (tmp_path / 'run').exists()
+
+
+def test_config_error_from_create_model_reaches_the_user(data_dir, tmp_path, capsys, monkeypatch):
+    """ The model config refuses a bad kwarg with a ConfigError (e.g. attention_residual=false): one line. """
+    def refuse(*args, **kwargs):
+        raise ConfigError("attention_residual='false' must be a bool")
+    monkeypatch.setattr(timm, 'create_model', refuse)
+    err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), *NARROW], capsys)
+    assert err == "error: attention_residual='false' must be a bool\n"
+
+
+def test_download_offline_is_an_error_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(urllib.request, 'urlopen', offline)
+    out = tmp_path / 'run'
+    err = _error_of(['--download', '--data-dir', str(tmp_path / 'data'), '--out', str(out), *NARROW], capsys)
+    assert 'cannot download cifar10' in err and 'name resolution' in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('eval_every, message', [
+    ('100', 'diverged at iteration 2: the loss is nan'),  # the training loss
+    ('1', 'diverged by iteration 1: the test loss is nan'),  # the model after step 1 gives NaN on the test set
+])
+def test_divergence_stops_without_a_checkpoint(data_dir, tmp_path, capsys, eval_every, message):
+    out = tmp_path / 'run'
+    err = _error_of(['--data-dir', data_dir, '--out', str(out), '--batch-size', '16', '--workers', '0', *NARROW,
+                     '--iters', '4', '--lr', '1e30', '--eval-every', eval_every], capsys)
+    assert message in err
+    assert not out.exists()  # nothing was written, so the folder we created is gone
+
+
+def test_non_finite_weights_are_never_saved():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    common = {'arch': 'x', 'batches_per_epoch': 1, 'metric': 0.0, 'best_metric': 0.0, 'best_iteration': 0,
+              'run_args': {}, 'num_classes': 2, 'class_names': ['a', 'b'], 'normalization': {},
+              'label_noise_rate': 0.0}
+    assert train_cifar.build_checkpoint(model, optimizer, None, iteration=3, **common)['iteration'] == 3
+    with torch.no_grad():
+        model.weight[0, 0] = float('nan')
+    with pytest.raises(train_cifar.TrainingDiverged, match='iteration 7: weight'):
+        train_cifar.build_checkpoint(model, optimizer, None, iteration=7, **common)
+
+
+def test_interrupted_save_leaves_no_tmp(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth.tar'
+    train_cifar.save_checkpoint_file(str(path), {'iteration': 1})
+
+    def interrupted(obj, f, *args, **kwargs):
+        with open(f, 'wb') as fh:
+            fh.write(b'half a checkpoint')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, 'save', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_cifar.save_checkpoint_file(str(path), {'iteration': 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
+    assert torch.load(path, weights_only=True) == {'iteration': 1}
+
+
+def test_resume_from_unusable_files(trained, data_dir, tmp_path, capsys):
+    out, _, _ = trained
+    ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=True)
+    corrupt = tmp_path / 'corrupt.pth.tar'
+    corrupt.write_bytes((out / 'last.pth.tar').read_bytes()[:1000])
+    plain = tmp_path / 'plain.pth'
+    torch.save(ckpt['state_dict'], plain)
+    older = tmp_path / 'per_pixel_mean.pth.tar'  # a checkpoint of the train_cifar that subtracted the mean image
+    torch.save({**{k: v for k, v in ckpt.items() if k != 'normalization'}, 'pixel_mean': torch.zeros(3, 32, 32)},
+               older)
+    base = ['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
+            '--iters', '40']
+    for path, argv, expect in (
+        (corrupt, NARROW, 'cannot read it as a checkpoint'),
+        (plain, NARROW, "'iteration' entry (it looks like a plain state_dict)"),
+        (out / 'last.pth.tar', ['--model', 'resattnet92_cifar', '--model-kwargs', *NARROW[3:]],
+         "a checkpoint of 'resattnet56_cifar', but --model is 'resattnet92_cifar'"),
+        (out / 'last.pth.tar', [*NARROW[:3], 'stage_chs=(16, 32, 32)', 'stem_chs=8'], 'do not fit --model'),
+        (older, NARROW, 'per-pixel mean image of an older train_cifar'),
+    ):
+        err = _error_of([*base, *argv, '--resume', str(path)], capsys)
+        assert str(path) in err and expect in err, err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_timm_preprocessing_matches_training(trained, data_dir):
+    """ The checkpoint through timm's own path (create_model(checkpoint_path) + resolve_data_config +
+    create_transform on PIL images, as validate.py and the classify command do) gets exactly the inputs, hence the
+    test accuracy, that train_cifar evaluated. """
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    out, summary, _ = trained
+    ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=True)
+    model = timm.create_model('resattnet56_cifar', num_classes=10, checkpoint_path=str(out / 'last.pth.tar'),
+                              **NARROW_KWARGS).eval()
+    config = resolve_data_config({}, model=model)
+    assert tuple(ckpt['normalization']['mean']) == tuple(config['mean'])
+    assert tuple(ckpt['normalization']['std']) == tuple(config['std'])
+    transform = create_transform(**config)
+    x, y, _ = load_cifar(data_dir, 'cifar10', train=False)
+    timm_x = torch.stack([transform(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in x])
+    torch.testing.assert_close(timm_x, train_cifar.normalize(x, ckpt['normalization']['mean'],
+                                                             ckpt['normalization']['std']), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        acc = 100.0 * (model(timm_x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(ckpt['metric']) and acc == pytest.approx(summary['top1'])
+
+
+def test_command_line_error_subprocess(data_dir, tmp_path):
+    """ The real entry point: one line on stderr, status 2. """
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        p for p in (repo, os.environ.get('PYTHONPATH')) if p))
+    result = subprocess.run(
+        [sys.executable, '-m', 'timm_resattn.train_cifar', '--data-dir', data_dir, '--out', str(tmp_path / 'r'),
+         '--iters', '0'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == 'error: --iters must be a positive integer, got 0\n'
+    assert not (tmp_path / 'r').exists()
+
+
+def test_configure_and_run_under_a_dispatcher(data_dir, tmp_path, capsys):
+    """ The cli convention: configure(subparser) + run(args) -> 0, with a dispatcher's extra entries in args (here
+    a function) kept out of the checkpoint, which still loads with weights_only=True. """
+    import argparse
+
+    from timm_resattn.cli import train_cifar as command
+    parser = argparse.ArgumentParser(prog='timm-resattn')
+    sub = parser.add_subparsers(dest='command', required=True)
+    command.configure(sub.add_parser('train-cifar')).set_defaults(func=command.run)
+    args = parser.parse_args(['train-cifar', '--data-dir', data_dir, '--out', str(tmp_path), '--batch-size', '16',
+                              '--workers', '0', *NARROW, '--iters', '1'])
+    assert args.func(args) == 0
+    ckpt = torch.load(tmp_path / 'last.pth.tar', map_location='cpu', weights_only=True)
+    assert ckpt['iteration'] == 1 and 'func' not in ckpt['args'] and ckpt['args']['command'] == 'train-cifar'
+    assert 'done: top-1' in capsys.readouterr().out

@@ -1,0 +1,303 @@
+""" The CIFAR training loop of ``timm_resattn.train``: schedule, one training step, evaluation, checkpoints.
+
+The recipe is the paper's (§4.1; every default of ``timm_resattn.cli.train_cifar`` is):
+
+* Nesterov SGD, momentum 0.9, weight decay 1e-4 on every parameter (BN included, as in Caffe), mini-batch 64;
+* learning rate 0.1, divided by 10 at 64k and 96k iterations, training stops at 160k iterations (~205 epochs);
+* augmentation (``cifar_data.augment_batch``): zero-pad by 4 px, a random 32x32 crop, a horizontal flip.
+
+Where we differ: normalisation. The paper's CIFAR crops have "the per-pixel RGB mean value subtracted" (§4.1; this
+module used to subtract the training set's mean image, with no division by a standard deviation). Here the pixels,
+scaled to [0, 1], are normalised per channel with the model's own data config
+(``timm.data.resolve_data_config(model=model)``: CIFAR-10's channel mean/std for the ``*_cifar`` models), exactly the
+arithmetic of timm's eval transform, and what the paper does on ImageNet ("scale to [0, 1] and mean value subtracted
+and standard variance divided", §4.2). A checkpoint of this loop therefore gets the inputs it was trained on through
+timm's own preprocessing (``validate.py --checkpoint``, ``create_transform``, the classify command, an HF export),
+with no flags. The normalisation used is recorded in every checkpoint (``normalization``: mean, std, and where they
+came from).
+
+Everything random is a pure function of the seed and the iteration: the epoch's shuffle of epoch e, the crops and
+flips of iteration i, the global RNG during iteration i. A resumed run therefore continues exactly where a run
+stopped, whatever the number of data-loading workers, and two runs with the same seed on the same device match.
+
+Checkpoints use timm's ``CheckpointSaver`` layout (``state_dict``, ``arch``, ``epoch``, ``optimizer``, ``version``,
+``args``, ``metric``; plus ``iteration``, ``normalization``, ``amp_scaler``), built in one place
+(``build_checkpoint``) and written atomically (``save_checkpoint_file``); the final weights go to a safetensors file
+in one place too (``write_final_safetensors``). A non-finite loss stops training (``TrainingDiverged``, naming the
+iteration) and a non-finite state is never written.
+
+Hacked together by the timm-resattn authors, Apache-2.0.
+"""
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import MissingFileError, ResAttnError, WeightsError
+from .cifar_data import normalize, stream_seed
+
+__all__ = [
+    'TrainingDiverged', 'Schedule', 'lr_at', 'data_normalization', 'train_step', 'evaluate', 'build_checkpoint',
+    'save_checkpoint_file', 'write_final_safetensors', 'load_resume_checkpoint', 'train_loop',
+]
+
+CHECKPOINT_VERSION = 2  # timm's CheckpointSaver: resume at epoch + 1
+
+
+class TrainingDiverged(ResAttnError, RuntimeError):
+    """ The loss or the weights became non-finite (NaN/inf): usually a too large learning rate. """
+
+
+@dataclass
+class Schedule:
+    iters: int
+    milestones: List[int]
+    base_lr: float
+    eval_every: int
+    log_every: int
+    seed: int
+
+
+def lr_at(it: int, base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> float:
+    """ Step schedule: ``base_lr * gamma ** (number of milestones <= it)`` (0-based iterations). """
+    return base_lr * gamma ** sum(it >= m for m in milestones)
+
+
+def data_normalization(model: nn.Module) -> Dict[str, object]:
+    """ The per-channel mean/std of the model's data config, as timm's transforms will apply them. """
+    from timm.data import resolve_data_config
+    config = resolve_data_config({}, model=model)
+    return {
+        'mean': tuple(float(v) for v in config['mean']),
+        'std': tuple(float(v) for v in config['std']),
+        'pixel_range': (0.0, 1.0),
+        'source': 'timm.data.resolve_data_config(model=model)',
+    }
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
+               x: torch.Tensor, y: torch.Tensor, amp_dtype: Optional[torch.dtype], it: int) -> float:
+    """ One SGD step on ``(x, y)``; returns the loss. A non-finite loss raises ``TrainingDiverged`` before the
+    weights are touched.
+    """
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = F.cross_entropy(model(x), y)
+    value = loss.item()
+    if not math.isfinite(value):
+        lr = optimizer.param_groups[0]['lr']
+        raise TrainingDiverged(
+            f'training diverged at iteration {it + 1}: the loss is {value} (lr {lr:g}); stopped without saving '
+            f'this state (try a smaller --lr)'
+        )
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return value
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: Dict[str, object],
+             device: torch.device, amp_dtype: Optional[torch.dtype], batch_size: int = 500) -> Tuple[float, float]:
+    """ (top-1 accuracy in %, mean cross-entropy) on a uint8 test set, normalised as in training, no
+    augmentation.
+    """
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i:i + batch_size].to(device), normalization['mean'], normalization['std'])
+        y = labels[i:i + batch_size].to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction='sum').item()
+        correct += (out.argmax(dim=1) == y).sum().item()
+    model.train()
+    n = max(len(images), 1)
+    return 100.0 * correct / n, loss_sum / n
+
+
+def _check_finite(state_dict: Dict[str, torch.Tensor], iteration: int) -> None:
+    for k, v in state_dict.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise TrainingDiverged(
+                f'training diverged by iteration {iteration}: {k} holds non-finite values; no checkpoint was '
+                f'written for this state (try a smaller --lr)'
+            )
+
+
+def build_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
+                     arch: str, iteration: int, batches_per_epoch: int, metric: float, best_metric: float,
+                     best_iteration: int, run_args: Dict[str, object], num_classes: int, class_names: List[str],
+                     normalization: Dict[str, object], label_noise_rate: float) -> Dict[str, object]:
+    """ THE place that builds a checkpoint dict (timm's ``CheckpointSaver`` layout, so ``validate.py
+    --checkpoint``, ``timm.create_model(..., checkpoint_path=...)`` and ``resume_checkpoint`` take it).
+
+    Raises ``TrainingDiverged`` if the weights are not finite: a NaN state is never written.
+    """
+    state_dict = model.state_dict()
+    _check_finite(state_dict, iteration)
+    state = {
+        'epoch': iteration // batches_per_epoch,
+        'iteration': iteration,
+        'arch': arch,
+        'state_dict': state_dict,
+        'optimizer': optimizer.state_dict(),
+        'version': CHECKPOINT_VERSION,
+        'args': run_args,
+        'metric': metric,
+        'best_metric': best_metric,
+        'best_iteration': best_iteration,
+        'num_classes': num_classes,
+        'class_names': class_names,
+        'normalization': normalization,
+        'label_noise_rate': label_noise_rate,
+    }
+    # LEAD: architecture metadata (ResAttnCfg etc.) goes here, added to `state`.
+    if scaler is not None:
+        state['amp_scaler'] = scaler.state_dict()
+    return state
+
+
+def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+    # write to a temp file in the same folder, then rename over `path`; the temp file never outlives a failure
+    tmp = path + '.tmp'
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint_file(path: str, state: Dict[str, object]) -> None:
+    """ ``torch.save(state, path)``, atomically: a crash or interrupt leaves the previous file (or none) and no
+    ``.tmp`` behind.
+    """
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_final_safetensors(checkpoint_path: str, out_path: str) -> None:
+    """ THE place that writes the final weights (the ``state_dict`` of ``checkpoint_path``) as safetensors. """
+    from safetensors.torch import save_file
+    best = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
+    tensors = {k: v.contiguous() for k, v in best['state_dict'].items()}
+    metadata = None  # LEAD: architecture metadata (str -> str) for the safetensors header goes here
+    _atomic_write(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _check_state_dict_fits(path: str, state_dict: Dict[str, torch.Tensor], model: nn.Module, arch: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    other_shape = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or other_shape):
+        return
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} tensors missing (e.g. {missing[0]})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
+    if other_shape:
+        k = other_shape[0]
+        problems.append(f'{len(other_shape)} of another shape (e.g. {k}: {tuple(state_dict[k].shape)} in the file, '
+                        f'{tuple(own[k].shape)} in the model)')
+    raise WeightsError(f'--resume {path}: its weights do not fit --model {arch} with these --model-kwargs: '
+                       f'{"; ".join(problems)}')
+
+
+def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: Optional[torch.amp.GradScaler], arch: str,
+                           normalization: Dict[str, object]) -> Tuple[int, float, int]:
+    """ Restore model, optimizer (and AMP scaler) from a checkpoint of this loop; returns ``(iteration,
+    best_metric, best_iteration)``. Read with ``weights_only=True``; anything missing or not fitting is a
+    ``WeightsError`` naming the file.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f'--resume {path}: no such file')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises many types for a bad file)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise WeightsError(
+            f'--resume {path}: cannot read it as a checkpoint (corrupt, truncated or not a safe torch file): '
+            f'{type(e).__name__}: {first[:200]}'
+        ) from None
+    what = 'a training checkpoint of timm_resattn.train_cifar (last.pth.tar)'
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f'--resume {path}: holds a {type(ckpt).__name__}, expected {what}')
+    missing = [k for k in ('state_dict', 'optimizer', 'iteration') if k not in ckpt]
+    if missing:
+        hint = ' (it looks like a plain state_dict)' if all(torch.is_tensor(v) for v in ckpt.values()) else ''
+        raise WeightsError(f'--resume {path}: no {", ".join(repr(k) for k in missing)} entry{hint}; expected {what}')
+    saved_arch = ckpt.get('arch')
+    if saved_arch is not None and saved_arch != arch:
+        raise WeightsError(f'--resume {path}: a checkpoint of {saved_arch!r}, but --model is {arch!r}')
+    saved_norm = ckpt.get('normalization')
+    if saved_norm is None or 'pixel_mean' in ckpt:
+        raise WeightsError(
+            f'--resume {path}: trained with the per-pixel mean image of an older train_cifar; this version '
+            f'normalises per channel with the model data config, so the run cannot continue consistently'
+        )
+    if tuple(saved_norm['mean']) != tuple(normalization['mean']) or \
+            tuple(saved_norm['std']) != tuple(normalization['std']):
+        raise WeightsError(f'--resume {path}: trained with normalisation {saved_norm}, the model now gives '
+                           f'{normalization}')
+    _check_state_dict_fits(path, ckpt['state_dict'], model, arch)
+    model.load_state_dict(ckpt['state_dict'])
+    try:
+        optimizer.load_state_dict(ckpt['optimizer'])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise WeightsError(f'--resume {path}: its optimizer state does not fit this model: {e}') from None
+    if scaler is not None and 'amp_scaler' in ckpt:
+        scaler.load_state_dict(ckpt['amp_scaler'])
+    best_acc = float(ckpt.get('best_metric', ckpt.get('metric', -1.0)))
+    return int(ckpt['iteration']), best_acc, int(ckpt.get('best_iteration', -1))
+
+
+def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
+               loader, schedule: Schedule, start_it: int, device: torch.device, amp_dtype: Optional[torch.dtype],
+               evaluate_fn: Callable[[int], Tuple[float, float]],
+               checkpoint_fn: Callable[[int, float, float], None]) -> Tuple[float, float]:
+    """ Iterations ``start_it .. schedule.iters - 1``; logs every ``log_every``; every ``eval_every`` and at the
+    end calls ``evaluate_fn(done) -> (top-1, test loss)`` and then ``checkpoint_fn(done, top-1, test loss)``.
+    Returns the last (top-1, test loss).
+
+    A non-finite training loss (before the step) or test loss (before the checkpoint) raises ``TrainingDiverged``
+    naming the iteration; the checkpoints written before it stay.
+    """
+    loss_sum, loss_n, t0, seen = 0.0, 0, time.time(), 0
+    acc = loss_test = float('nan')
+    for it, (x, y) in zip(range(start_it, schedule.iters), loader):
+        lr = lr_at(it, schedule.base_lr, schedule.milestones)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        torch.manual_seed(stream_seed(schedule.seed, 3, it))  # dropout / drop-path of this iteration
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss_sum += train_step(model, optimizer, scaler, x, y, amp_dtype, it)
+        loss_n += 1
+        seen += len(x)
+        done = it + 1
+        if done % schedule.log_every == 0 or done == schedule.iters:
+            dt = time.time() - t0
+            print(f'iter {done}/{schedule.iters}  loss {loss_sum / loss_n:.4f}  lr {lr:.4g}  '
+                  f'{seen / max(dt, 1e-9):.0f} imgs/s', flush=True)
+            loss_sum, loss_n, t0, seen = 0.0, 0, time.time(), 0
+        if done % schedule.eval_every == 0 or done == schedule.iters:
+            acc, loss_test = evaluate_fn(done)
+            if not math.isfinite(loss_test):
+                raise TrainingDiverged(
+                    f'training diverged by iteration {done}: the test loss is {loss_test} (lr {lr:g}); stopped '
+                    f'without saving this state (try a smaller --lr)'
+                )
+            checkpoint_fn(done, acc, loss_test)
+            t0, seen = time.time(), 0  # imgs/s counts training only
+    return acc, loss_test
