@@ -13,7 +13,8 @@ from typing import Dict, Optional, Sequence
 
 import timm_resattn  # noqa: F401  (registers the models)
 
-from .cli.train_cifar import configure, parse_milestones, run, train_from_args
+from .cli import command_main
+from .cli.train_cifar import configure, parse_milestones, train_from_args
 from .errors import ResAttnError
 from .train.cifar_data import (  # noqa: F401  (public names of this module before the split)
     LAYOUT as _LAYOUT, NUM_CLASSES, TrainBatches, apply_label_noise, augment_batch, load_cifar, normalize,
@@ -45,14 +46,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         raise SystemExit(2) from None
 
 
-def _command(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ResAttnError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-
-
 if __name__ == '__main__':
-    sys.exit(_command())
+    sys.exit(command_main('train-cifar', prog='python -m timm_resattn.train_cifar'))

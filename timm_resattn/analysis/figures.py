@@ -3,8 +3,8 @@
 Used by the ``visualize`` command (``timm_resattn.cli.visualize``). Each image is preprocessed with the model's
 own eval transform (``timm.data.resolve_data_config`` + ``create_transform``) and becomes one row of the PNG: the
 preprocessed crop, then for every Attention Module the soft mask M(x) averaged over channels (and each
-``--channels`` channel) upsampled bilinearly to the crop size and overlaid as a heat map. ``--responses`` also draws the mean absolute response of each stage (paper Fig. 4) as a
-bar chart. Everything is drawn with Pillow.
+``--channels`` channel) upsampled bilinearly to the crop size and overlaid as a heat map. ``response_chart`` draws
+the mean absolute response of each stage (paper Fig. 4) as a bar chart.
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """

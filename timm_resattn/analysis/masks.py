@@ -241,9 +241,9 @@ def extract_masks(
     Returns:
         ``(output, records)``, one ``MaskRecord`` per Attention Module in execution order.
     """
-    with MaskRecorder(model, to_cpu=to_cpu, store_trunk=store_trunk) as rec:
-        with torch.no_grad() if no_grad else nullcontext():
-            out = model(x)
+    with MaskRecorder(model, to_cpu=to_cpu, store_trunk=store_trunk) as rec, \
+            torch.no_grad() if no_grad else nullcontext():
+        out = model(x)
     return out, rec.records
 
 

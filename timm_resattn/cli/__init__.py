@@ -30,6 +30,7 @@ COMMANDS = {
     'classify': ('classify', 'print the top-k classes of an image'),
     'visualize': ('visualize', "draw every Attention Module's soft mask over images (PNG)"),
     'convert': ('convert', "convert other weights (the authors' Caffe files) to safetensors"),
+    'train-cifar': ('train_cifar', "train on CIFAR-10/100 with the paper's recipe (§4.1)"),
     'run': ('run', "run one of timm's scripts (train.py, validate.py, ...) with the models registered"),
 }
 

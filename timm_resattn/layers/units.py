@@ -11,7 +11,7 @@ exactly: stride in the 3x3 conv, no conv biases, a 1x1 projection shortcut only 
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Dict, Tuple, Type
 
 import torch
 import torch.nn as nn

@@ -402,7 +402,7 @@ class ResidualAttentionNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False):
-        """ Initialise conv weights (``cfg.conv_init``) and BN affine params; optionally zero each unit's last layer. """
+        """ Initialise conv weights (``cfg.conv_init``) and BN affine params; optionally zero units' last layers. """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 if self.cfg.conv_init == 'kaiming_uniform_fan_in':

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import MissingFileError, ResAttnError, WeightsError
+from ..weights import METADATA_KEY, atomic_write, check_metadata, check_state_dict, save_state_dict
 from .cifar_data import normalize, stream_seed
 
 __all__ = [
@@ -161,57 +162,25 @@ def build_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scaler:
         'normalization': normalization,
         'label_noise_rate': label_noise_rate,
     }
-    # LEAD: architecture metadata (ResAttnCfg etc.) goes here, added to `state`.
+    if hasattr(model, 'weights_metadata'):  # the architecture and its switches (checked on load)
+        state[METADATA_KEY] = model.weights_metadata()
     if scaler is not None:
         state['amp_scaler'] = scaler.state_dict()
     return state
-
-
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    # write to a temp file in the same folder, then rename over `path`; the temp file never outlives a failure
-    tmp = path + '.tmp'
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint_file(path: str, state: Dict[str, object]) -> None:
     """ ``torch.save(state, path)``, atomically: a crash or interrupt leaves the previous file (or none) and no
     ``.tmp`` behind.
     """
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def write_final_safetensors(checkpoint_path: str, out_path: str) -> None:
-    """ THE place that writes the final weights (the ``state_dict`` of ``checkpoint_path``) as safetensors. """
-    from safetensors.torch import save_file
+    """ THE place that writes the final weights (the ``state_dict`` of ``checkpoint_path``) as safetensors, with
+    the checkpoint's architecture metadata in the header. """
     best = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
-    tensors = {k: v.contiguous() for k, v in best['state_dict'].items()}
-    metadata = None  # LEAD: architecture metadata (str -> str) for the safetensors header goes here
-    _atomic_write(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def _check_state_dict_fits(path: str, state_dict: Dict[str, torch.Tensor], model: nn.Module, arch: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    other_shape = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if not (missing or unexpected or other_shape):
-        return
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} tensors missing (e.g. {missing[0]})')
-    if unexpected:
-        problems.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
-    if other_shape:
-        k = other_shape[0]
-        problems.append(f'{len(other_shape)} of another shape (e.g. {k}: {tuple(state_dict[k].shape)} in the file, '
-                        f'{tuple(own[k].shape)} in the model)')
-    raise WeightsError(f'--resume {path}: its weights do not fit --model {arch} with these --model-kwargs: '
-                       f'{"; ".join(problems)}')
+    save_state_dict(best['state_dict'], out_path, metadata=best.get(METADATA_KEY))
 
 
 def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -251,7 +220,9 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
             tuple(saved_norm['std']) != tuple(normalization['std']):
         raise WeightsError(f'--resume {path}: trained with normalisation {saved_norm}, the model now gives '
                            f'{normalization}')
-    _check_state_dict_fits(path, ckpt['state_dict'], model, arch)
+    source = f'--resume {path} (--model {arch} with these --model-kwargs)'
+    check_metadata(ckpt.get(METADATA_KEY) or {}, model, source)
+    check_state_dict(ckpt['state_dict'], model, source=source, drop_classifier=False, adapt_in_chans=False)
     model.load_state_dict(ckpt['state_dict'])
     try:
         optimizer.load_state_dict(ckpt['optimizer'])

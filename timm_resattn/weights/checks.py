@@ -40,7 +40,7 @@ def _signature(state_dict: Mapping, classifiers: Tuple[str, ...]) -> Dict[str, T
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _registered_signature(name: str, classifiers: Tuple[str, ...]) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
     """ Key/shape signature of a registered architecture with its default arguments (built on the meta device). """
     import timm
