@@ -12,7 +12,7 @@ import timm
 from timm_resattn.visualize import main
 from timm_resattn.analysis.masks import MaskRecord
 from timm_resattn.analysis.figures import (
-    CHART_H, CHART_MARGIN_X, CHART_SLOT_W, HEADER_H, PAD, TITLE_H, jet, mask_grid, response_chart,
+    CHART_H, CHART_MARGIN_X, CHART_SLOT_W, HEADER_H, MIN_TILE, PAD, TITLE_H, jet, mask_grid, response_chart, tile_scale,
 )
 
 SIZE = 32  # --img-size for the command: resattnet56 takes >= 31; small keeps the tests fast
@@ -22,6 +22,7 @@ NARROW_ARGV = ['--model-kwargs', 'stem_chs=16', 'stage_chs=(32,64,128,256)']
 
 
 def _expected_grid(rows: int, modules: int, channels: int, side: int):
+    side *= tile_scale(side, side)  # crops under MIN_TILE are enlarged
     cols = 1 + modules * (1 + channels)
     return PAD + cols * (side + PAD), HEADER_H + rows * (TITLE_H + side + PAD)
 
@@ -52,7 +53,10 @@ def test_mask_grid_and_chart_layout():
         MaskRecord('stages.1.1', 1, torch.rand(2, 16, 3, 3)),
     ]
     grid = mask_grid(images, records, channels=[1, 7], scale='fixed', header='test')
-    assert grid.size == (PAD + 7 * (24 + PAD), HEADER_H + 2 * (TITLE_H + 20 + PAD))
+    k = tile_scale(20, 24)  # a 20 px crop is enlarged to at least MIN_TILE
+    assert k * 20 >= MIN_TILE > (k - 1) * 20
+    assert grid.size == (PAD + 7 * (24 * k + PAD), HEADER_H + 2 * (TITLE_H + 20 * k + PAD))
+    assert tile_scale(224, 224) == 1
     with pytest.raises(ValueError, match='out of range'):
         mask_grid(images, records, channels=[8])
     chart = response_chart({'stages.0': 1.0, 'stages.1': 0.25, 'stages.2': 0.0})
@@ -71,7 +75,8 @@ def test_main_untrained(images, tmp_path, capsys):
         assert im.format == 'PNG' and im.mode == 'RGB'
         assert im.size == _expected_grid(rows=2, modules=3, channels=2, side=SIZE)
         # the input tile of the first row holds the (random, hence non-uniform) image
-        tile = im.crop((PAD, HEADER_H + TITLE_H, PAD + SIZE, HEADER_H + TITLE_H + SIZE))
+        side = SIZE * tile_scale(SIZE, SIZE)
+        tile = im.crop((PAD, HEADER_H + TITLE_H, PAD + side, HEADER_H + TITLE_H + side))
         assert len(set(tile.tobytes())) > 100
     with Image.open(out2) as im:
         assert im.size == (2 * CHART_MARGIN_X + 4 * CHART_SLOT_W, CHART_H)  # resattnet56 has 4 stages

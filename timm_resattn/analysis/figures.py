@@ -9,7 +9,7 @@ the mean absolute response of each stage (paper Fig. 4) as a bar chart.
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +19,15 @@ from .masks import MaskRecord
 
 __all__ = [
     'jet', 'overlay_heatmap', 'mask_grid', 'grid_size', 'response_chart', 'chart_size',
-    'PAD', 'TITLE_H', 'HEADER_H', 'CHART_H', 'CHART_MARGIN_X', 'CHART_SLOT_W',
+    'tile_scale', 'PAD', 'TITLE_H', 'HEADER_H', 'MIN_TILE', 'CHART_H', 'CHART_MARGIN_X', 'CHART_SLOT_W',
 ]
 
 # grid layout (pixels): a header band, then per row a two-line title band above each tile
 PAD = 4
 LINE_H = 12
 TITLE_H = 2 * LINE_H + 4
-HEADER_H = 2 * LINE_H + 12
+HEADER_H = 3 * LINE_H + 12  # two lines of text, then the colour bar
+MIN_TILE = 128  # smaller crops (CIFAR's 32 px) are enlarged by an integer factor so that labels fit
 COLORBAR_W = 128
 
 # bar chart layout (pixels)
@@ -98,15 +99,34 @@ def _to_pil(image: torch.Tensor) -> Image.Image:
     return Image.frombytes('RGB', (data.shape[1], data.shape[0]), data.numpy().tobytes())
 
 
+def tile_scale(h: int, w: int) -> int:
+    """ Integer factor by which an ``h x w`` crop is enlarged in the grid (1 unless it is under ``MIN_TILE``). """
+    return max(1, math.ceil(MIN_TILE / max(1, min(h, w))))
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont, lines: int) -> List[str]:
+    """ Break ``text`` at spaces into at most ``lines`` lines of ``width`` pixels (the last one cut with '~'). """
+    out, words = [], text.split(' ')
+    while words and len(out) < lines - 1:
+        line = words.pop(0)
+        while words and draw.textlength(f'{line} {words[0]}', font=font) <= width:
+            line = f'{line} {words.pop(0)}'
+        out.append(line)
+    if words:
+        out.append(_fit(draw, ' '.join(words), width, font))
+    return out
+
+
 def grid_size(num_rows: int, num_modules: int, num_channels: int, tile_hw: Tuple[int, int]) -> Tuple[int, int]:
     """ ``(width, height)`` of the ``mask_grid`` PNG.
 
     One row per image; columns: the input, then per Attention Module the channel mean and ``num_channels`` chosen
-    channels. Every tile is ``tile_hw`` (the crop size) below a ``TITLE_H`` title band; ``PAD`` pixels separate
-    the tiles; a ``HEADER_H`` band at the top holds the legend.
+    channels. Every tile is ``tile_hw`` (the crop size, enlarged by ``tile_scale`` when under ``MIN_TILE``) below
+    a ``TITLE_H`` title band; ``PAD`` pixels separate the tiles; a ``HEADER_H`` band at the top holds the legend.
     """
     num_cols = 1 + num_modules * (1 + num_channels)
-    h, w = tile_hw
+    k = tile_scale(*tile_hw)
+    h, w = tile_hw[0] * k, tile_hw[1] * k
     return PAD + num_cols * (w + PAD), HEADER_H + num_rows * (TITLE_H + h + PAD)
 
 
@@ -145,13 +165,18 @@ def mask_grid(
                 raise ValueError(f'channel {c} is out of range for {r.name}, which has {r.mask.shape[1]} channels')
     image_titles = list(image_titles) if image_titles is not None else [f'image {i}' for i in range(num_images)]
     width, height = grid_size(num_images, len(records), len(channels), (h, w))
+    k = tile_scale(h, w)
+    if k > 1:  # enlarge small crops (nearest: the pixels stay visible as pixels)
+        images = F.interpolate(images, scale_factor=k, mode='nearest')
+        h, w = h * k, w * k
     canvas = Image.new('RGB', (width, height), _BG)
     draw = ImageDraw.Draw(canvas)
     font = _font()
 
     # header: text, then a colour bar with its scale
-    draw.text((PAD, PAD), _fit(draw, header, width - 2 * PAD, font), fill=_FG, font=font)
-    bar_y = PAD + LINE_H + 4
+    for i, line in enumerate(_wrap(draw, header, width - 2 * PAD, font, lines=2)):
+        draw.text((PAD, PAD + i * LINE_H), line, fill=_FG, font=font)
+    bar_y = PAD + 2 * LINE_H + 4
     low, high = ('min', 'max') if scale == 'tile' else ('0', '1')
     x = PAD
     draw.text((x, bar_y - 1), low, fill=_FG, font=font)

@@ -19,6 +19,7 @@ NeXt and Inception units, ``features_only`` wrappers) is covered.
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 import re
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -90,10 +91,20 @@ def _snapshot(t: torch.Tensor, to_cpu: bool) -> torch.Tensor:
 class _ForwardHooks:
     """ Lifecycle shared by the recorders: ``attach`` registers the forward hooks ``_hooks()`` lists, ``remove``
     (also on error, and on ``__exit__``) takes every one of them off again.
+
+    A recorder belongs to the thread that attached it: its hooks record only the forward passes run by that thread,
+    so two threads running the same model, each with its own recorder, never see each other's tensors.
     """
 
     def __init__(self):
         self._handles: List[Any] = []
+        self._thread: Optional[int] = None
+
+    def _own_thread_only(self, hook):
+        def guarded(module: nn.Module, args: Any, output: Any) -> None:
+            if threading.get_ident() == self._thread:
+                hook(module, args, output)
+        return guarded
 
     def _hooks(self) -> List[Tuple[nn.Module, Any]]:
         raise NotImplementedError
@@ -102,9 +113,10 @@ class _ForwardHooks:
         """ Register the hooks (``__enter__`` does this). """
         if self._handles:
             raise RuntimeError(f'{type(self).__name__} is already attached')
+        self._thread = threading.get_ident()
         try:
             for module, hook in self._hooks():
-                self._handles.append(module.register_forward_hook(hook))
+                self._handles.append(module.register_forward_hook(self._own_thread_only(hook)))
         except BaseException:
             self.remove()
             raise
@@ -150,7 +162,8 @@ class MaskRecorder(_ForwardHooks):
 
     Each forward pass appends one ``MaskRecord`` per Attention Module executed, in execution order. Hooks are
     attached on ``__enter__`` and removed on ``__exit__`` (also on error); the hooks never change what a module
-    returns. The model's train/eval mode and grad mode are left to the caller (use ``model.eval()`` and
+    returns. A recorder records only the forward passes of the thread that entered it (give each thread its own).
+    The model's train/eval mode and grad mode are left to the caller (use ``model.eval()`` and
     ``torch.no_grad()``, or ``extract_masks``).
 
     Args:

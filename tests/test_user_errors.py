@@ -1,0 +1,292 @@
+""" Bad input on every route a user touches: a clear error naming the argument or file, never a silent wrong
+result, never a traceback from a command (issue 10). Model inputs use narrow configs; commands run in-process. """
+import json
+import os
+import stat
+import threading
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import timm
+import timm_resattn  # noqa: F401
+from helpers import NARROW_IMAGENET
+from timm_resattn.analysis.figures import MIN_TILE, _wrap, mask_grid
+from timm_resattn.analysis.masks import MaskRecord, MaskRecorder
+from timm_resattn.cli import main as cli_main
+from timm_resattn.errors import ConfigError, ExportError, ResAttnError, WeightsError
+from timm_resattn.export.hub import save_pretrained
+from timm_resattn.weights import load_weights, save_state_dict
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+CIFAR = 'resattnet56_cifar'
+
+
+# --- architecture settings: type and range of every ResAttnCfg field -------------------------------------------
+
+@pytest.mark.parametrize('kwargs, field', [
+    (dict(attention_residual='false'), 'attention_residual'),  # what --model-kwargs attention_residual=false gives
+    (dict(attention_residual=0), 'attention_residual'),
+    (dict(stage_modules=1), 'stage_modules'),                  # a scalar where a tuple per stage is expected
+    (dict(stage_modules=(1, 1)), 'stage_modules'),             # wrong length
+    (dict(stage_modules=(1, -1, 1)), 'stage_modules'),
+    (dict(stage_units=(0, 1, 1)), 'stage_units'),
+    (dict(stage_strides=(1, 0, 2)), 'stage_strides'),
+    (dict(stage_chs=(64, 0, 256)), 'stage_chs'),
+    (dict(stage_chs=()), 'stage_chs'),
+    (dict(mask_levels=(1, -1, 1)), 'mask_levels'),
+    (dict(stage_tail_units=(0, 0)), 'stage_tail_units'),
+    (dict(p=-1), 'p'),
+    (dict(t=0), 't'),
+    (dict(r=0), 'r'),
+    (dict(r=1.5), 'r'),
+    (dict(groups=0), 'groups'),
+    (dict(groups=3), 'groups'),                                # 16 bottleneck channels are not divisible by 3
+    (dict(stem_chs=0), 'stem_chs'),
+    (dict(bottle_ratio=0.001), 'bottle_ratio'),                # no channel left in the bottleneck
+    (dict(bottle_ratio='0.25'), 'bottle_ratio'),
+    (dict(mask_act='sigmoid'), 'mask_act'),
+    (dict(mask_type='global'), 'mask_type'),
+    (dict(max_pool='avg'), 'max_pool'),
+    (dict(local_mask_units=(1, 0, 1), mask_type='local'), 'local_mask_units'),
+])
+def test_every_config_field_is_checked(kwargs, field):
+    with pytest.raises(ConfigError, match=field) as e:
+        timm.create_model(CIFAR, **kwargs)
+    assert isinstance(e.value, ValueError) and 'expected' in str(e.value) or 'stage' in str(e.value)
+
+
+def test_bool_switch_is_respected():
+    model = timm.create_model(CIFAR, attention_residual=False)
+    assert model.cfg.attention_residual is False
+    assert all(not m.attention_residual for m in model.modules() if hasattr(m, 'attention_residual'))
+
+
+def test_command_refuses_string_bool(tmp_path, capsys):
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert cli_main(['classify', str(img), '--model', CIFAR, '--model-kwargs', 'attention_residual=false']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'attention_residual' in err and 'Traceback' not in err
+
+
+# --- weight files: dtypes, values, and what they were written for ----------------------------------------------
+
+@pytest.fixture(scope='module')
+def cifar_weights():
+    torch.manual_seed(0)
+    return timm.create_model(CIFAR).state_dict()
+
+
+def test_integer_tensor_refused(cifar_weights, tmp_path):
+    sd = dict(cifar_weights)
+    sd['stem.conv.weight'] = sd['stem.conv.weight'].round().to(torch.int32)  # would be cast, values lost
+    save_file(sd, str(tmp_path / 'w.safetensors'))
+    with pytest.raises(WeightsError, match=r'not floating point.*stem\.conv\.weight'):
+        load_weights(timm.create_model(CIFAR), tmp_path / 'w.safetensors')
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_refused(cifar_weights, tmp_path, bad):
+    sd = dict(cifar_weights)
+    sd['head.fc.weight'] = sd['head.fc.weight'].clone()
+    sd['head.fc.weight'][0, 0] = bad
+    path = tmp_path / 'w.safetensors'
+    save_file(sd, str(path))
+    with pytest.raises(WeightsError, match=r'NaN or Inf.*head\.fc\.weight'):
+        load_weights(timm.create_model(CIFAR), path)
+    with pytest.raises(WeightsError, match='NaN or Inf'):  # the pretrained route runs the same checks
+        timm.create_model(CIFAR, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def _narrow(name, **kwargs):
+    return timm.create_model(name, **NARROW_IMAGENET, **kwargs).eval()
+
+
+@pytest.mark.parametrize('src, dst', [('resattnet56_pcv', 'resattnet56'), ('resattnet56', 'resattnet56_pcv')])
+def test_recorded_architecture_refuses_other_function(tmp_path, src, dst):
+    torch.manual_seed(0)
+    model = _narrow(src)
+    path = save_state_dict(model.state_dict(), tmp_path / 'w.safetensors', metadata=model.weights_metadata())
+    target = _narrow(dst)
+    with pytest.raises(WeightsError) as e:
+        load_weights(target, path)
+    msg = str(e.value)
+    assert src in msg and dst in msg and 'mask_wiring' in msg and 'max_pool' in msg
+    with pytest.raises(WeightsError, match='mask_wiring'):
+        timm.create_model(dst, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **NARROW_IMAGENET)
+    # the same tensors without metadata (a plain state dict) load as before: same shapes
+    plain = tmp_path / 'plain.safetensors'
+    save_file(model.state_dict(), str(plain))
+    load_weights(target, plain)
+
+
+def test_recorded_switch_refuses_ablation(tmp_path):
+    model = timm.create_model(CIFAR, attention_residual=False)
+    path = save_state_dict(model.state_dict(), tmp_path / 'w.safetensors', metadata=model.weights_metadata())
+    with pytest.raises(WeightsError, match='attention_residual'):
+        load_weights(timm.create_model(CIFAR), path)
+    load_weights(timm.create_model(CIFAR, attention_residual=False), path)
+
+
+# --- commands: one `error:` line, status 2, no traceback ---------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp('img') / 'photo.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _fails(argv, capsys, *needles):
+    code = cli_main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith('error: ') and 'Traceback' not in err and len(err.strip().splitlines()) <= 2, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_checkpoint_of_another_variant_is_short(image, tmp_path, capsys):
+    path = tmp_path / 'a92.safetensors'
+    save_file(timm.create_model('resattnet92_cifar').state_dict(), str(path))
+    err = _fails(['classify', image, '--model', CIFAR, '--checkpoint', path], capsys,
+                 str(path), 'those of resattnet92_cifar')
+    assert 'size mismatch' not in err and len(err) < 1500
+
+
+def test_truncated_and_missing_checkpoint(image, cifar_weights, tmp_path, capsys):
+    path = tmp_path / 'w.safetensors'
+    save_file(cifar_weights, str(path))
+    path.write_bytes(path.read_bytes()[:5000])
+    _fails(['classify', image, '--model', CIFAR, '--checkpoint', path], capsys, str(path), 'truncated')
+    _fails(['classify', image, '--model', CIFAR, '--checkpoint', tmp_path / 'nope.pth'], capsys,
+           'checkpoint not found', 'nope.pth')
+
+
+@pytest.mark.parametrize('flag', [['--topk', '-3'], ['--topk', '0'], ['--topk', 'x']])
+def test_bad_topk(image, capsys, flag):
+    code = cli_main(['classify', str(image), '--model', CIFAR, *flag])
+    err = capsys.readouterr().err
+    assert code == 2 and '--topk' in err and 'Traceback' not in err
+
+
+def test_pretrained_without_network(image, monkeypatch, capsys):
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+    monkeypatch.setattr(builder, 'download_cached_file', offline)
+    _fails(['classify', image, '--model', 'resattnet56_pcv', '--pretrained'], capsys, '--pretrained', 'network')
+
+
+def test_decompression_bomb(tmp_path, capsys, monkeypatch):
+    path = tmp_path / 'bomb.png'
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)  # 4096 px > 2 x 100: Pillow's DecompressionBombError
+    _fails(['classify', path, '--model', CIFAR], capsys, str(path))
+
+
+def test_visualize_never_overwrites_its_input(image, capsys):
+    before = image.read_bytes()
+    _fails(['visualize', image, '--model', CIFAR, '--out', image], capsys, 'input', '--out')
+    assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize('command', ['visualize', 'convert'])
+def test_output_folder_must_exist(image, tmp_path, capsys, command):
+    out = tmp_path / 'missing' / 'out.file'
+    if command == 'visualize':
+        argv = ['visualize', image, '--model', CIFAR, '--out', out]
+    else:
+        src = tmp_path / 'in.caffemodel'
+        src.write_bytes(b'\x00')
+        argv = ['convert', 'caffe', src, out, '--model', 'resattnet56']
+    _fails(argv, capsys, 'does not exist', str(out.parent))
+    assert not out.parent.exists()
+
+
+def test_convert_checks_the_model_first(tmp_path, capsys):
+    err = _fails(['convert', 'caffe', tmp_path / 'absent.caffemodel', tmp_path / 'o.safetensors', '--model', CIFAR],
+                 capsys, 'resattnet56, resattnet92, resattnext56, resattnext92')
+    assert 'absent' not in err and 'resattnet452_cifar' not in err
+
+
+# --- smaller items -----------------------------------------------------------------------------------------------
+
+def test_hub_save_refuses_folded_and_pruned(tmp_path):
+    from timm_resattn.analysis.fuse import fuse_bn
+    model = timm.create_model(CIFAR).eval()
+    with pytest.raises(ExportError, match='fuse_bn'):
+        save_pretrained(fuse_bn(model), tmp_path / 'folded')
+    pruned = timm.create_model(CIFAR)
+    pruned.prune_intermediate_layers(indices=[1])  # drops stages 2-3, the final norm and the head
+    with pytest.raises(ExportError, match='prune'):
+        save_pretrained(pruned, tmp_path / 'pruned')
+    assert not (tmp_path / 'folded').exists() and not (tmp_path / 'pruned').exists()
+
+
+def test_hub_save_protects_existing_files_and_permissions(tmp_path):
+    model = timm.create_model(CIFAR, mask_act='spatial')
+    out = tmp_path / 'export'
+    out.mkdir()
+    (out / 'README.md').write_text('my notes')
+    (out / 'other.txt').write_text('keep')
+    with pytest.raises(ExportError, match='README.md'):
+        save_pretrained(model, out)
+    assert (out / 'README.md').read_text() == 'my notes'
+    save_pretrained(model, out, overwrite=True)
+    assert (out / 'other.txt').read_text() == 'keep'
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ('config.json', 'model.safetensors', 'README.md'):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644 & ~umask, name
+    assert json.loads((out / 'config.json').read_text())['model_args']['mask_act'] == 'spatial'
+    with pytest.raises(WeightsError, match='mask_act'):  # the export records what it computes
+        load_weights(timm.create_model(CIFAR), out / 'model.safetensors')
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # no temporary folder left
+
+
+def test_mask_recorder_belongs_to_its_thread():
+    model = timm.create_model(CIFAR, stage_chs=(16, 32, 64), stem_chs=8).eval()
+    inputs = {i: torch.full((1, 3, 32, 32), float(i)) for i in range(4)}
+    results, barrier = {}, threading.Barrier(4)
+
+    def work(i):
+        with MaskRecorder(model, store_trunk=False) as rec, torch.no_grad():
+            barrier.wait()
+            for _ in range(3):
+                model(inputs[i])
+            results[i] = rec.records
+    threads = [threading.Thread(target=work, args=(i,)) for i in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with torch.no_grad():
+        for i, records in results.items():
+            assert len(records) == 3 * 3  # 3 forwards x 3 Attention Modules, none from the other threads
+            with MaskRecorder(model, store_trunk=False) as rec:
+                model(inputs[i])
+            assert torch.equal(records[0].mask, rec.records[0].mask)
+
+
+def test_cifar_mask_figure_is_readable():
+    header = 'resattnet56_cifar (UNTRAINED: random weights, masks meaningless) | soft mask M(x), channel mean'
+    records = [MaskRecord(f'stages.{s}.1', s, torch.rand(1, 8, 16 >> s, 16 >> s)) for s in range(3)]
+    grid = mask_grid(torch.rand(1, 3, 32, 32), records, ['a_long_image_name.png'], header=header)
+    assert grid.width >= 4 * MIN_TILE and grid.height >= MIN_TILE
+    from PIL import ImageDraw
+    from timm_resattn.analysis.figures import PAD, _font
+    lines = _wrap(ImageDraw.Draw(grid), header, grid.width - 2 * PAD, _font(), lines=2)
+    assert 'UNTRAINED:' in ' '.join(lines) and not lines[-1].endswith('~')
+
+
+def test_errors_are_one_family():
+    for cls in (ConfigError, WeightsError, ExportError):
+        assert issubclass(cls, ResAttnError)
