@@ -417,6 +417,11 @@ class ResidualAttentionNet(nn.Module):
                 if hasattr(m, 'zero_init_last'):
                     m.zero_init_last()
 
+    @classmethod
+    def registered_configs(cls) -> Dict[str, ResAttnCfg]:
+        """ Return the config of every registered variant (``model_cfgs``). """
+        return model_cfgs
+
     @torch.jit.ignore
     def weights_metadata(self) -> Dict[str, str]:
         """ Return what weight files written from this model record: its architecture and, as JSON, every config

@@ -7,6 +7,7 @@ which. :func:`check_metadata` compares what a file says it was written for with 
 """
 import functools
 import json
+import re
 from collections.abc import Mapping
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
@@ -48,12 +49,34 @@ def _registered_signature(name: str, classifiers: Tuple[str, ...]) -> Tuple[Tupl
     return tuple(sorted(_signature(m.state_dict(), classifiers).items()))
 
 
+_BLOCK_RE = re.compile(r'^stages\.(\d+)\.(\d+)\.')
+
+
+def _block_counts(keys: Iterable[str]) -> Tuple[int, ...]:
+    """ Blocks per stage of a ResidualAttentionNet state dict (``stages.<stage>.<block>.*`` keys). """
+    counts: Dict[int, int] = {}
+    for k in keys:
+        m = _BLOCK_RE.match(k)
+        if m:
+            stage, block = int(m.group(1)), int(m.group(2))
+            counts[stage] = max(counts.get(stage, 0), block + 1)
+    return tuple(counts.get(i, 0) for i in range(max(counts) + 1)) if counts else ()
+
+
 def _matching_architectures(state_dict: Mapping, model: torch.nn.Module, classifiers: Tuple[str, ...]) -> List[str]:
-    """ Registered architectures of the model's timm module whose default build has exactly these keys and shapes. """
+    """ Registered architectures of the model's timm module whose default build has exactly these keys and shapes.
+
+    Candidates whose config (``type(model).registered_configs()``, where the model class offers it) has another
+    number of blocks per stage are skipped without building them.
+    """
     import timm
     sig = tuple(sorted(_signature(state_dict, classifiers).items()))
+    configs = getattr(type(model), 'registered_configs', dict)()
+    blocks = _block_counts(state_dict.keys())
     found = []
     for name in timm.list_models(module=type(model).__module__.split('.')[-1]):
+        if name in configs and configs[name].blocks_per_stage() != blocks:
+            continue
         try:
             if _registered_signature(name, classifiers) == sig:
                 found.append(name)
