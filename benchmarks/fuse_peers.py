@@ -1,4 +1,5 @@
-""" BN-folding rules for timm's ResNet peers, so that ``--fuse-bn`` folds them like ours (``timm_resattn.analysis.fuse``).
+""" BN-folding rules for timm's ResNet peers, so that ``--fuse-bn`` folds them like ours
+(``timm_resattn.analysis.fuse``).
 
 Which BN follows which conv is read from each block's ``forward``: ``resnet.Bottleneck``/``BasicBlock``/``ResNet``
 stem, ``resnetv2.PreActBottleneck``/``PreActBasic``/``Bottleneck``/``DownsampleConv``.

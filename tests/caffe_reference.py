@@ -154,7 +154,7 @@ def official_graph(variant: str) -> List[Layer]:
 
 def param_layers(layers: Iterable[Layer]) -> List[Layer]:
     """ The layers that carry blobs (what ``net.params`` / a ``.caffemodel`` hold). """
-    return [l for l in layers if l.type in ('Convolution', 'BN', 'InnerProduct')]
+    return [layer for layer in layers if layer.type in ('Convolution', 'BN', 'InnerProduct')]
 
 
 def random_caffe_blobs(
@@ -177,28 +177,28 @@ def random_caffe_blobs(
     def uniform(*shape, low, high):
         return rng.uniform(low, high, shape).astype(np.float32)
 
-    for l in layers:
-        c_in = chs[l.bottoms[0]] if l.bottoms else None
-        if l.type == 'Convolution':
-            n, k, g = l.params['num_output'], l.params['kernel_size'], l.params.get('group', 1)
+    for layer in layers:
+        c_in = chs[layer.bottoms[0]] if layer.bottoms else None
+        if layer.type == 'Convolution':
+            n, k, g = layer.params['num_output'], layer.params['kernel_size'], layer.params.get('group', 1)
             fan_in = c_in // g * k * k
-            blobs[l.name] = [randn(n, c_in // g, k, k, std=1.0 / math.sqrt(fan_in))]
-            chs[l.tops[0]] = n
-        elif l.type == 'BN':
+            blobs[layer.name] = [randn(n, c_in // g, k, k, std=1.0 / math.sqrt(fan_in))]
+            chs[layer.tops[0]] = n
+        elif layer.type == 'BN':
             shape = {'1c11': (1, c_in, 1, 1), '1c': (1, c_in), 'c': (c_in,)}[bn_blob_shape]
-            blobs[l.name] = [
+            blobs[layer.name] = [
                 uniform(*shape, low=0.5, high=1.5),  # scale
                 randn(*shape, std=0.2),  # shift
                 randn(*shape, std=0.2),  # moving mean
                 uniform(*shape, low=0.5, high=1.5),  # moving average of 1/sqrt(var + eps)
             ]
-            chs[l.tops[0]] = c_in
-        elif l.type == 'InnerProduct':
-            n = l.params['num_output']
-            blobs[l.name] = [randn(n, c_in, std=1.0 / math.sqrt(c_in)), randn(n, std=0.1)]
-            chs[l.tops[0]] = n
+            chs[layer.tops[0]] = c_in
+        elif layer.type == 'InnerProduct':
+            n = layer.params['num_output']
+            blobs[layer.name] = [randn(n, c_in, std=1.0 / math.sqrt(c_in)), randn(n, std=0.1)]
+            chs[layer.tops[0]] = n
         else:
-            for t in l.tops:
+            for t in layer.tops:
                 chs[t] = c_in
     return blobs
 
@@ -264,40 +264,40 @@ def run_caffe_net(
         return torch.as_tensor(np.asarray(blobs[name][i])).to(dtype)
 
     env = {'data': x.to(dtype)}
-    for l in layers:
-        b = [env[n] for n in l.bottoms]
-        if l.type == 'Convolution':
-            y = F.conv2d(b[0], p(l.name, 0), None, l.params.get('stride', 1), l.params.get('pad', 0), 1,
-                         l.params.get('group', 1))
-        elif l.type == 'BN':
+    for layer in layers:
+        b = [env[n] for n in layer.bottoms]
+        if layer.type == 'Convolution':
+            y = F.conv2d(b[0], p(layer.name, 0), None, layer.params.get('stride', 1), layer.params.get('pad', 0), 1,
+                         layer.params.get('group', 1))
+        elif layer.type == 'BN':
             c = b[0].shape[1]
-            scale, shift, mean, inv_std = (p(l.name, i).reshape(1, c, 1, 1) for i in range(4))
+            scale, shift, mean, inv_std = (p(layer.name, i).reshape(1, c, 1, 1) for i in range(4))
             y = scale * (b[0] - mean) * inv_std + shift
-        elif l.type == 'ReLU':
+        elif layer.type == 'ReLU':
             y = b[0].clamp_min(0)
-        elif l.type == 'Pooling':
-            k, s = l.params['kernel_size'], l.params['stride']
-            if l.params['pool'] == 'MAX':
+        elif layer.type == 'Pooling':
+            k, s = layer.params['kernel_size'], layer.params['stride']
+            if layer.params['pool'] == 'MAX':
                 y = _caffe_max_pool(b[0], k, s)
             elif b[0].shape[-2:] == (k, k) and s == 1:
                 y = F.avg_pool2d(b[0], k, s)
             else:
                 y = b[0].mean((2, 3), keepdim=True)
-        elif l.type == 'Interp':
+        elif layer.type == 'Interp':
             y = _caffe_interp(b[0], *b[1].shape[-2:])
-        elif l.type == 'Eltwise':
+        elif layer.type == 'Eltwise':
             y = b[0]
             for other in b[1:]:
-                y = y * other if l.params['operation'] == 'PROD' else y + other
-        elif l.type == 'Sigmoid':
+                y = y * other if layer.params['operation'] == 'PROD' else y + other
+        elif layer.type == 'Sigmoid':
             y = torch.sigmoid(b[0])
-        elif l.type == 'InnerProduct':
-            y = F.linear(b[0].flatten(1), p(l.name, 0), p(l.name, 1))
-        elif l.type == 'Softmax':
+        elif layer.type == 'InnerProduct':
+            y = F.linear(b[0].flatten(1), p(layer.name, 0), p(layer.name, 1))
+        elif layer.type == 'Softmax':
             y = torch.softmax(b[0], dim=1)
         else:
-            raise NotImplementedError(l.type)
-        env[l.tops[0]] = y
+            raise NotImplementedError(layer.type)
+        env[layer.tops[0]] = y
     return env[output]
 
 
@@ -407,6 +407,6 @@ def encode_caffemodel(
 ) -> bytes:
     """ A ``.caffemodel`` for a graph: every layer in order, blobs where it has them (packed float data). """
     out = []
-    for l in layers:
-        out.append(encode_layer(l.name, l.type, [encode_blob(b) for b in blobs.get(l.name, [])]))
+    for layer in layers:
+        out.append(encode_layer(layer.name, layer.type, [encode_blob(b) for b in blobs.get(layer.name, [])]))
     return encode_net(name, out)

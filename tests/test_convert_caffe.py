@@ -55,8 +55,8 @@ def test_param_map_is_the_official_graph(variant):
     """ Every Caffe layer with blobs maps to one module (Caffe order), and the modules cover the whole model. """
     pmap = caffe_param_map(variant)
     layers = param_layers(official_graph(variant))
-    assert list(pmap) == [l.name for l in layers]
-    assert [kind for kind, _ in pmap.values()] == [_KIND[l.type] for l in layers]
+    assert list(pmap) == [layer.name for layer in layers]
+    assert [kind for kind, _ in pmap.values()] == [_KIND[layer.type] for layer in layers]
     modules = [m for _, m in pmap.values()]
     assert len(set(modules)) == len(modules)
 
@@ -274,7 +274,7 @@ def test_read_caffemodel_round_trip(tmp_path):
 
 def test_read_caffemodel_errors(tmp_path, net56):
     graph, blobs = net56
-    small = [l for l in graph if l.name in ('conv1', 'conv1/bn', 'conv1/bn/relu', 'classifier')]
+    small = [layer for layer in graph if layer.name in ('conv1', 'conv1/bn', 'conv1/bn/relu', 'classifier')]
     data = encode_caffemodel(small, blobs)
     path = tmp_path / 'net.caffemodel'
     path.write_bytes(data)

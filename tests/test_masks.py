@@ -125,10 +125,9 @@ def test_output_unchanged_and_no_hooks_left(model, extracted):
 
 def test_hooks_removed_on_error():
     net = _ToyNet()
-    with pytest.raises(KeyError):
-        with MaskRecorder(net) as rec, ResponseRecorder(net):
-            assert not _no_hooks_left(net)
-            raise KeyError('boom')
+    with pytest.raises(KeyError), MaskRecorder(net) as rec, ResponseRecorder(net):
+        assert not _no_hooks_left(net)
+        raise KeyError('boom')
     assert _no_hooks_left(net)
     assert rec.records == []
 

@@ -20,7 +20,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 RECIPES = Path(__file__).resolve().parents[1] / 'recipes'
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
-F, I, S, B, FL, IL, D = float, int, str, bool, 'float list', 'int list', dict
+F, I, S, B, FL, IL, D = float, int, str, bool, 'float list', 'int list', dict  # noqa: E741 (one-letter type codes of the table below)
 # train.py's argparse dests -> (type, default), transcribed from timm's train.py (huggingface/pytorch-image-models,
 # the 0.9/1.0 argument set: dataset, model, optimizer, schedule, augmentation, BN, EMA and misc groups). Only
 # arguments present in the released script are listed; newer train.py versions add more, none are removed here.

@@ -236,7 +236,7 @@ def trained(image_folder, tmp_path_factory):
 
     model.eval()
     with torch.no_grad():
-        for x, y in loader_eval:
+        for x, _ in loader_eval:
             assert torch.isfinite(model(x)).all() and model_ema.module(x).shape == (x.shape[0], 2)
 
     out_dir = tmp_path_factory.mktemp('output')

@@ -1,5 +1,4 @@
 """ Weight sources: the loud failure for missing weights, local files, in_chans/num_classes adaptation, torch.hub. """
-import os
 from pathlib import Path
 
 import pytest
