@@ -14,6 +14,7 @@ import timm
 import timm_resattn  # noqa: F401  (registers the models)
 from timm.layers import get_notrace_functions, get_notrace_modules, set_layer_config
 from timm.models import group_parameters
+from helpers import NARROW_IMAGENET, num_params
 from timm_resattn.models.resattnet import ResidualAttentionNet
 
 OFFICIAL = ['resattnet56', 'resattnet92', 'resattnext56', 'resattnext92']
@@ -44,14 +45,10 @@ def _macs(model, size, device='meta'):
     return fc.get_total_flops() / 2
 
 
-def _num_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.mark.parametrize('name', OFFICIAL)
 def test_official_param_count_and_macs(name):
     model = timm.create_model(name, device='meta').eval()
-    assert _num_params(model) == OFFICIAL_PARAMS[name]
+    assert num_params(model) == OFFICIAL_PARAMS[name]
     bn_stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(('running_mean', 'running_var')))
     assert bn_stats == OFFICIAL_BN_STATS[name]
     gmacs = _macs(model, (3, 224, 224)) / 1e9
@@ -136,24 +133,30 @@ def test_in_chans(in_chans):
         assert model(torch.randn(1, in_chans, 64, 64)).shape == (1, 3)
 
 
+def _narrow_kwargs(name):
+    """ The ImageNet layouts at 1/8 width (same stages, modules and mask levels); the CIFAR nets as they are. """
+    return {} if name.endswith('_cifar') else NARROW_IMAGENET
+
+
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_default_cfg_and_head_api(name):
-    model = timm.create_model(name).eval()
-    cfg = model.pretrained_cfg
+    # the cfg and its pool_size at full width on the meta device (no arithmetic); the head API on a narrow build
+    meta = timm.create_model(name, device='meta')
+    cfg = meta.pretrained_cfg
     for key in ('input_size', 'pool_size', 'crop_pct', 'interpolation', 'mean', 'std', 'first_conv', 'classifier',
                 'num_classes', 'paper_ids', 'license'):
         assert cfg.get(key) is not None, key
     assert 'arXiv:1704.06904' in cfg['paper_ids']
-    sd = model.state_dict()
+    sd = meta.state_dict()
     assert cfg['first_conv'] + '.weight' in sd and cfg['classifier'] + '.weight' in sd
-    assert model.get_classifier() is model.head.fc
+    assert meta.get_classifier() is meta.head.fc
 
-    # pool_size is the unpooled feature size at the default input size (meta device: no arithmetic)
-    meta = timm.create_model(name, device='meta')
+    # pool_size is the unpooled feature size at the default input size
     feats = meta.forward_features(torch.randn(1, *cfg['input_size'], device='meta'))
     assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size'])
     assert feats.shape[1] == meta.num_features
 
+    model = timm.create_model(name, **_narrow_kwargs(name)).eval()
     size = _small_size(name)
     x = torch.randn(2, *size)
     with torch.no_grad():
@@ -169,7 +172,7 @@ def test_default_cfg_and_head_api(name):
         assert model(x).shape == feats.shape
         model.reset_classifier(7, 'avg')
         assert model(x).shape == (2, 7) and model.num_classes == 7
-    headless = timm.create_model(name, num_classes=0, global_pool='').eval()
+    headless = timm.create_model(name, num_classes=0, global_pool='', **_narrow_kwargs(name)).eval()
     with torch.no_grad():
         assert headless(x).dim() == 4
 
@@ -317,7 +320,10 @@ def test_unknown_kwarg_is_a_clear_error():
         timm.create_model('resattnet56', not_a_field=3)
 
 
-@pytest.mark.parametrize('name', ['resattnet56', 'resattnext56', 'resattninc56', 'resattnet56_pcv', 'resattnet92_cifar'])
+SCRIPT_FX_MODELS = ['resattnet56', 'resattnext56', 'resattninc56', 'resattnet56_pcv', 'resattnet92_cifar']
+
+
+@pytest.mark.parametrize('name', SCRIPT_FX_MODELS)
 def test_torchscript(name):
     with set_layer_config(scriptable=True):
         model = timm.create_model(name).eval()
@@ -336,11 +342,12 @@ def _fx_model(model):
         model,
         train_return_nodes=['head.fc'],
         eval_return_nodes=['head.fc'],
-        tracer_kwargs={'leaf_modules': list(get_notrace_modules()), 'autowrap_functions': list(get_notrace_functions())},
+        tracer_kwargs={
+            'leaf_modules': list(get_notrace_modules()), 'autowrap_functions': list(get_notrace_functions())},
     )
 
 
-@pytest.mark.parametrize('name', ['resattnet92', 'resattnext56', 'resattninc56', 'resattnet56_pcv', 'resattnet92_cifar'])
+@pytest.mark.parametrize('name', ['resattnet92', *SCRIPT_FX_MODELS[1:]])
 def test_fx_bit_identical(name):
     model = timm.create_model(name, num_classes=10).eval()
     fx_model = _fx_model(model)

@@ -428,7 +428,8 @@ def test_resume_from_unusable_files(trained, data_dir, tmp_path, capsys):
         (plain, NARROW, "'iteration' entry (it looks like a plain state_dict)"),
         (out / 'last.pth.tar', ['--model', 'resattnet92_cifar', '--model-kwargs', *NARROW[3:]],
          "a checkpoint of 'resattnet56_cifar', but --model is 'resattnet92_cifar'"),
-        (out / 'last.pth.tar', [*NARROW[:3], 'stage_chs=(16, 32, 32)', 'stem_chs=8'], 'do not fit --model'),
+        (out / 'last.pth.tar', [*NARROW[:3], 'stage_chs=(16, 32, 32)', 'stem_chs=8'], 'shape mismatch'),
+        (out / 'last.pth.tar', [*NARROW, 'attention_residual=False'], 'attention_residual=True'),  # same shapes
         (older, NARROW, 'per-pixel mean image of an older train_cifar'),
     ):
         err = _error_of([*base, *argv, '--resume', str(path)], capsys)

@@ -5,27 +5,27 @@
     python -m timm_resattn --image cat.jpg --model resattnet56 --checkpoint my_weights.safetensors
     python -m timm_resattn COMMAND ...                       # any command of `timm-resattn` (see timm_resattn.cli)
 """
-import argparse
 import sys
 from typing import List, Optional
 
-from .cli import COMMANDS, main as cli_main, run_command
+from .cli import main as cli_main, run_command
 from .cli import classify as classify_command
 from .cli import models_table
+from .cli.common import CommandParser
 
 __all__ = ['main']
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in (*COMMANDS, '-h', '--help'):
+    if argv and (argv[0] in ('-h', '--help') or not argv[0].startswith('-')):  # a command (or a typo of one)
         return cli_main(argv, prog='python -m timm_resattn')
     if '--image' not in argv:  # the model table, optionally --filter'ed
-        parser = argparse.ArgumentParser(prog='python -m timm_resattn', description=models_table.__doc__)
+        parser = CommandParser(prog='python -m timm_resattn', description=models_table.__doc__)
         models_table.configure(parser)
         command = models_table.run
     else:
-        parser = argparse.ArgumentParser(prog='python -m timm_resattn', description=classify_command.__doc__)
+        parser = CommandParser(prog='python -m timm_resattn', description=classify_command.__doc__)
         classify_command.configure(parser, image_flag=True)
         command = classify_command.run
     try:

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence
 import timm_resattn  # noqa: F401  (registers the models)
 
 from .cli import command_main
+from .cli.common import CommandParser, one_line
 from .cli.train_cifar import configure, parse_milestones, train_from_args
 from .errors import ResAttnError
 from .train.cifar_data import (  # noqa: F401  (public names of this module before the split)
@@ -31,7 +32,7 @@ _parse_milestones = parse_milestones
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return configure(argparse.ArgumentParser(prog='python -m timm_resattn.train_cifar'))
+    return configure(CommandParser(prog='python -m timm_resattn.train_cifar'))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
@@ -42,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     try:
         return train_from_args(args)
     except ResAttnError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -21,6 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import ResAttnError
+from .common import CommandParser, one_line
 
 __all__ = ['main', 'build_parser', 'run_command', 'COMMANDS']
 
@@ -44,7 +45,7 @@ def _summary(module) -> Optional[str]:
 
 
 def build_parser(prog: str = 'timm-resattn') -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog, description='The Residual Attention Network (Wang et al., CVPR 2017) as timm models.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
@@ -56,16 +57,12 @@ def build_parser(prog: str = 'timm-resattn') -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(message: str) -> str:
-    return ' '.join(part.strip() for part in str(message).splitlines() if part.strip())
-
-
 def run_command(run, args: argparse.Namespace) -> int:
     """ Call a command's ``run(args)``; a ``ResAttnError`` becomes ``error: <message>`` on stderr and status 2. """
     try:
         return int(run(args) or 0)
     except ResAttnError as e:
-        print(f'error: {_one_line(e)}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr)
@@ -90,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = 'timm-resattn') -> in
 def command_main(command: str, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     """ One command on its own (the ``python -m timm_resattn.<command>`` entry points). """
     module = _command_module(command)
-    parser = argparse.ArgumentParser(prog=prog or f'timm-resattn {command}', description=_summary(module))
+    parser = CommandParser(prog=prog or f'timm-resattn {command}', description=_summary(module))
     module.configure(parser)
     args, code = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     if args is None:

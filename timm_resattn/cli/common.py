@@ -15,9 +15,22 @@ import torch.nn as nn
 from ..errors import CommandError, MissingFileError, ResAttnError, WeightsError
 
 __all__ = [
-    'parse_model_kwargs', 'positive_int', 'non_negative_int', 'resattn_models', 'check_model_name', 'create_model',
-    'open_image', 'check_output_path',
+    'CommandParser', 'one_line', 'parse_model_kwargs', 'positive_int', 'non_negative_int', 'unit_interval',
+    'resattn_models', 'check_model_name', 'create_model', 'open_image', 'check_output_path',
 ]
+
+
+def one_line(message: object) -> str:
+    """ A (multi-line) error message as the one line the command layer prints after ``error:``. """
+    return ' '.join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class CommandParser(argparse.ArgumentParser):
+    """ argparse with the command layer's error style: a usage error is one ``error: ...`` line naming the
+    argument (and where to find the usage), exit status 2, instead of argparse's usage block. """
+
+    def error(self, message: str):
+        self.exit(2, f'error: {message} (see {self.prog} --help)\n')
 
 
 def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Dict[str, object]:
@@ -39,26 +52,22 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
     return kwargs
 
 
-def positive_int(text: str) -> int:
-    """ argparse type: an int >= 1. """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-    return value
+def _number(cast, minimum, maximum=None, what='a number'):
+    """ An argparse type: ``cast(text)`` within ``[minimum, maximum]``, else a message saying what was expected. """
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """ argparse type: an int >= 0. """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a non-negative integer, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected a non-negative integer, got {value}')
-    return value
+positive_int = _number(int, 1, what='a positive integer')
+non_negative_int = _number(int, 0, what='a non-negative integer')
+unit_interval = _number(float, 0.0, 1.0, what='a number in [0, 1]')
 
 
 def resattn_models() -> List[str]:

@@ -13,7 +13,7 @@ import torch
 from ..analysis.figures import mask_grid, response_chart
 from ..analysis.masks import MaskRecorder, ResponseRecorder, find_attention_modules
 from ..errors import CommandError
-from .common import check_output_path, create_model, open_image, parse_model_kwargs, positive_int
+from .common import check_output_path, create_model, open_image, parse_model_kwargs, positive_int, unit_interval
 
 __all__ = ['configure', 'run']
 
@@ -26,16 +26,6 @@ def _parse_channels(text: str) -> List[int]:
     if any(c < 0 for c in channels):
         raise argparse.ArgumentTypeError(f'channel indices must be >= 0, got {text!r}')
     return channels
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number in [0, 1], got {text!r}') from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f'expected a number in [0, 1], got {text!r}')
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="input size N x N (default: the model's pretrained config)")
     parser.add_argument('--scale', choices=('tile', 'fixed'), default='tile',
                         help="heat map range: each tile's min..max (default) or fixed [0, 1]")
-    parser.add_argument('--alpha', type=_unit_interval, default=0.5, help='heat map opacity in [0, 1] (default 0.5)')
+    parser.add_argument('--alpha', type=unit_interval, default=0.5, help='heat map opacity in [0, 1] (default 0.5)')
     parser.add_argument('--device', default='cpu', help='torch device (default cpu)')
 
 

@@ -221,8 +221,8 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
         raise WeightsError(f'--resume {path}: trained with normalisation {saved_norm}, the model now gives '
                            f'{normalization}')
     source = f'--resume {path} (--model {arch} with these --model-kwargs)'
-    check_metadata(ckpt.get(METADATA_KEY) or {}, model, source)
     check_state_dict(ckpt['state_dict'], model, source=source, drop_classifier=False, adapt_in_chans=False)
+    check_metadata(ckpt.get(METADATA_KEY) or {}, model, source)
     model.load_state_dict(ckpt['state_dict'])
     try:
         optimizer.load_state_dict(ckpt['optimizer'])

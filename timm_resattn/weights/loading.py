@@ -76,7 +76,6 @@ def load_checked(
     else:
         state_dict, metadata = read_weight_file(source, use_ema=use_ema)
         what = f"weight file '{source}'"
-    check_metadata(metadata, model, what)
     if filter_fn is None and hasattr(model, 'filter_state_dict'):
         def filter_fn(sd, m):  # timm's filter signature, (state_dict, model)
             return m.filter_state_dict(sd)
@@ -95,10 +94,12 @@ def load_checked(
         pretrained_classes = cfg.get('num_classes')
         drop_classifier = pretrained_classes is not None and getattr(model, 'num_classes', None) != pretrained_classes
         _adapt_in_chans(state_dict, model, _as_tuple(cfg.get('first_conv')))
+    if strict:  # keys and shapes first (the clearer message when they differ), then what the file was written for
+        check_state_dict(state_dict, model, source=what, drop_classifier=drop_classifier, adapt_in_chans=False)
+    check_metadata(metadata, model, what)
     if not strict:
         model.load_state_dict(state_dict, strict=False)
         return model
-    check_state_dict(state_dict, model, source=what, drop_classifier=drop_classifier, adapt_in_chans=False)
     if drop_classifier:
         state_dict = {k: v for k, v in state_dict.items() if not _is_classifier_key(k, classifiers)}
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
