@@ -9,6 +9,12 @@ same structure, same learnable-parameter count and the same function given the s
 (``timm_resattn.convert.caffe`` maps the authors' Caffe blobs onto these modules). Where the paper and the official
 files disagree, the files win; each entrypoint's docstring says where.
 
+Dense prediction: the ImageNet nets take ``output_stride`` 8 or 16 (``timm.create_model(name, features_only=True,
+output_stride=8)``), which the paper and the official files do not have. The later stages keep their resolution and
+dilate their trunk's 3x3 convs as timm's ResNet does; the Attention Modules' soft-mask branches stay undilated and run
+on the larger maps as at a larger input, so the mask sees less context relative to the trunk than at stride 32
+(``ResidualAttentionNet`` says exactly what changes).
+
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 import math
@@ -34,6 +40,7 @@ try:
 except ImportError:  # older timm
     from timm.layers import feature_take_indices
 
+from ..errors import ConfigError
 from ..layers.attention import (
     MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS, AttentionModule, EncoderDecoderMask, LocalConvMask,
     PytorchcvEncoderDecoderMask, create_max_pool,
@@ -47,6 +54,7 @@ __all__ = [
 
 
 CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -163,13 +171,19 @@ def _pool_out(size: int, mode: str = 'caffe') -> int:
     return (size - 2) // 2 + 1
 
 
-def _min_input_size(cfg: ResAttnCfg) -> int:
-    """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes). """
+def _min_input_size(cfg: ResAttnCfg, stage_strides: Optional[Tuple[int, ...]] = None) -> int:
+    """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes).
+
+    ``stage_strides``: the strides the stages really use (``_stride_schedule``; dilated stages have stride 1 and
+    keep their input's size); None: ``cfg.stage_strides``.
+    """
+    stage_strides = cfg.stage_strides if stage_strides is None else stage_strides
+
     def ok(size: int) -> bool:
         if cfg.stem_type == 'imagenet':
             size = _pool_out((size + 1) // 2, cfg.max_pool)  # 7x7/2 conv pad 3, then the stem max-pool
-        for stride, modules, levels in zip(cfg.stage_strides, cfg.stage_modules, cfg.mask_levels):
-            size = (size + stride - 1) // stride  # 3x3 conv pad 1 with stride 1 or 2
+        for stride, modules, levels in zip(stage_strides, cfg.stage_modules, cfg.mask_levels):
+            size = (size + stride - 1) // stride  # 3x3 conv, padding = dilation, stride 1 or 2
             if size < 1:
                 return False
             if modules and cfg.mask_type == 'encoder_decoder':
@@ -184,6 +198,56 @@ def _min_input_size(cfg: ResAttnCfg) -> int:
         if ok(s):
             return s
     raise ValueError('no input size up to 4096 fits this architecture')
+
+
+def _stride_schedule(cfg: ResAttnCfg, output_stride: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
+    """ Per stage ``(stride, first_dilation, dilation, reduction)`` for ``output_stride`` (None: the net's own).
+
+    timm's ResNet rule (``resnet.make_blocks``): a stage whose stride would take the net past ``output_stride``
+    keeps its input's resolution (stride 1) and multiplies the dilation by that stride instead, and so do all
+    stages after it; its first unit keeps the previous dilation (``first_dilation``), the later ones use the new
+    one. ``reduction`` is the stride of the stage's output relative to the input (``feature_info``). This is the
+    one place ``output_stride`` is validated.
+    """
+    stem_stride = 4 if cfg.stem_type == 'imagenet' else 1
+    native = stem_stride * math.prod(cfg.stage_strides)
+    if output_stride is not None:
+        if cfg.stem_type != 'imagenet':
+            raise ConfigError(
+                f"output_stride={output_stride!r}: a net with stem_type={cfg.stem_type!r} runs at stride {native} "
+                f"overall (stem stride {stem_stride}, stage_strides={cfg.stage_strides}), below any output stride, "
+                f"so there is nothing to dilate. output_stride applies to the ImageNet-layout nets "
+                f"(stem_type='imagenet') only; leave it unset here."
+            )
+        if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+            raise ConfigError(f'output_stride={output_stride!r} is not supported; expected one of {OUTPUT_STRIDES}')
+    net_stride, dilation = stem_stride, 1
+    schedule = []
+    for stride in cfg.stage_strides:
+        first_dilation = dilation
+        if output_stride is not None and (dilation > 1 or net_stride * stride > output_stride):
+            dilation *= stride
+            stride = 1
+        else:
+            net_stride *= stride
+        schedule.append((stride, first_dilation, dilation, net_stride))
+    if output_stride is not None and net_stride != output_stride:
+        if native < output_stride:
+            why = f'reach only stride {native}, and dilation can only keep a resolution, never reduce it further'
+        else:
+            why = f'reach stride {native}, and with whole stages dilated the closest it gets is {net_stride}'
+        raise ConfigError(
+            f'output_stride={output_stride} does not fit this net: its stem (stride {stem_stride}) and '
+            f'stage_strides={cfg.stage_strides} {why}'
+        )
+    return schedule
+
+
+def _dilation_kwargs(first_dilation: int, dilation: int) -> Dict[str, int]:
+    """ Unit kwargs for a dilated unit; none for an undilated one (so units without these arguments still build). """
+    if first_dilation == 1 and dilation == 1:
+        return {}
+    return {'dilation': dilation, 'first_dilation': first_dilation}
 
 
 @register_notrace_function
@@ -202,6 +266,26 @@ class ResidualAttentionNet(nn.Module):
 
     Layout: ``stem`` -> ``stages.0..N-1`` (each ``nn.Sequential`` of residual units and Attention Modules) ->
     ``norm`` (final BN-ReLU of pre-activation nets) -> ``head`` (global pool, dropout, fc).
+
+    ``output_stride`` 8 or 16 (dense prediction; not in the paper or the official files), as in timm's ResNet: a
+    stage whose stride would take the net past ``output_stride`` keeps its input's resolution. Its first unit runs
+    at stride 1 (3x3 conv and 1x1 projection), and the 3x3 convs after it are dilated by the dropped stride,
+    cumulatively (the ImageNet nets at 16: stage 3 dilation 2; at 8: stage 2 dilation 2, stage 3 dilation 4; the
+    first unit of a dilated stage keeps the previous stage's dilation). What changes and what does not:
+
+    * Trunk side: plain units, tail units and the pre/trunk/post units of each Attention Module are dilated, so they
+      compute what the stride-32 net computes, densely. The official nets have no Attention Module in their last
+      stage, so at 16 the whole net is exactly the stride-32 net sampled densely (its stride-32 features are the
+      stride-16 features at every other position).
+    * Soft-mask branch: not dilated. A mask in a dilated stage (at 8: stage 2's) keeps its units and its max-pool
+      levels and runs on the larger map exactly as it would in the stride-32 net given a ``32 / output_stride``
+      times larger input (the pools and the exact-size bilinear upsampling take any size). Its receptive field in
+      input pixels therefore shrinks by the stage's dilation (2 for stage 2 at 8), while the trunk's does not: the
+      mask sees less context relative to the trunk, and its lowest level pools to 1/16 of the input instead of
+      1/32. Stride-32 weights still load (below) but compute a different mask there; fine-tuning adapts it.
+    * Unchanged: every parameter name and shape (a stride-32 state_dict loads with ``strict=True`` at 8 and 16).
+      ``feature_info`` reductions follow the layout (at 8: 2, 4, 8, 8, 8) and so does ``min_input_size``.
+    * Refused (``ConfigError``): any value but 8/16/32, and any value for the CIFAR nets (stride 4 overall).
     """
 
     def __init__(
@@ -214,6 +298,7 @@ class ResidualAttentionNet(nn.Module):
             drop_path_rate: float = 0.,
             act_layer: LayerType = nn.ReLU,
             zero_init_last: bool = False,
+            output_stride: Optional[int] = None,
             device=None,
             dtype=None,
             **kwargs,
@@ -228,6 +313,10 @@ class ResidualAttentionNet(nn.Module):
             drop_path_rate: Stochastic depth rate, linear over the trunk's blocks; mask-branch units never drop.
             act_layer: Activation layer of every BN-act (ReLU officially).
             zero_init_last: Zero-init the last BN/conv of each residual unit.
+            output_stride: Stride of the final features, 8, 16 or 32 (None: the net's own, 32 for the ImageNet
+                nets), for dense prediction as in timm's ResNet: the later stages keep their resolution and dilate
+                their trunk's 3x3 convs instead (see the class docstring). Same parameters at every value.
+                ImageNet-layout nets only.
             **kwargs: Overrides of ``cfg`` fields (e.g. ``attention_residual=False``, ``mask_act='spatial'``).
         """
         super().__init__()
@@ -249,7 +338,8 @@ class ResidualAttentionNet(nn.Module):
         act_layer = get_act_layer(act_layer)
         norm_layer = BatchNormAct2d
         preact = unit_preactivates_input(cfg.unit)
-        self.min_input_size = _min_input_size(cfg)
+        schedule = _stride_schedule(cfg, output_stride)
+        self.min_input_size = _min_input_size(cfg, tuple(stage[0] for stage in schedule))
 
         # stem
         self.stem = nn.Sequential()
@@ -259,11 +349,9 @@ class ResidualAttentionNet(nn.Module):
             # Caffe max-pool, 3x3/s2 without padding in ceil mode: 112 -> 56 (not 55) at 224 (or pytorchcv's pad 1)
             self.stem.add_module('pool', create_max_pool(cfg.max_pool))
             self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=2, module='stem.norm')]
-            stride = 4
         else:
             self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, 3, padding=1, bias=False, **dd))
             self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=1, module='stem.conv')]
-            stride = 1
 
         # stages
         unit_kwargs = dict(bottle_ratio=cfg.bottle_ratio, groups=cfg.groups, act_layer=act_layer, **dd)
@@ -273,27 +361,31 @@ class ResidualAttentionNet(nn.Module):
         prev_chs = cfg.stem_chs
         stages = []
         for stage_idx, out_chs in enumerate(cfg.stage_chs):
+            stage_stride, first_dilation, dilation, reduction = schedule[stage_idx]
+            dil_kwargs = _dilation_kwargs(dilation, dilation)
             blocks = []
             for unit_idx in range(cfg.stage_units[stage_idx]):
                 blocks.append(create_unit(
                     cfg.unit,
                     prev_chs,
                     out_chs,
-                    stride=cfg.stage_strides[stage_idx] if unit_idx == 0 else 1,
+                    stride=stage_stride if unit_idx == 0 else 1,
                     drop_path_rate=dpr[block_idx],
+                    **(_dilation_kwargs(first_dilation, dilation) if unit_idx == 0 else dil_kwargs),
                     **unit_kwargs,
                 ))
                 prev_chs = out_chs
                 block_idx += 1
             for _ in range(cfg.stage_modules[stage_idx]):
-                blocks.append(self._make_attention_module(cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, preact))
+                blocks.append(self._make_attention_module(
+                    cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, preact, dilation=dilation))
                 block_idx += 1
             for _ in range(cfg.tail_units(stage_idx)):
-                blocks.append(create_unit(cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **unit_kwargs))
+                blocks.append(create_unit(
+                    cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **dil_kwargs, **unit_kwargs))
                 block_idx += 1
-            stride *= cfg.stage_strides[stage_idx]
             stages.append(nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=stride, module=f'stages.{stage_idx}'))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_idx}'))
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = prev_chs
@@ -313,9 +405,14 @@ class ResidualAttentionNet(nn.Module):
             drop_path_rate: float,
             unit_kwargs: Dict[str, Any],
             preact: bool,
+            dilation: int = 1,
     ) -> AttentionModule:
+        # a dilated stage (output_stride < 32) dilates the trunk side (pre, trunk, post); the mask branch keeps its
+        # undilated units and pooling levels and so runs as it would at a larger input
+        trunk_dil_kwargs = _dilation_kwargs(dilation, dilation)
+
         def trunk_unit():
-            return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **unit_kwargs)
+            return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **trunk_dil_kwargs, **unit_kwargs)
 
         def mask_unit():
             return create_unit(cfg.unit, chs, chs, **unit_kwargs)
