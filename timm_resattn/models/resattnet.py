@@ -268,21 +268,23 @@ class ResidualAttentionNet(nn.Module):
     ``norm`` (final BN-ReLU of pre-activation nets) -> ``head`` (global pool, dropout, fc).
 
     ``output_stride`` 8 or 16 (dense prediction; not in the paper or the official files), as in timm's ResNet: a
-    stage whose stride would take the net past ``output_stride`` keeps its input's resolution. Its first unit runs
-    at stride 1 (3x3 conv and 1x1 projection), and the 3x3 convs after it are dilated by the dropped stride,
-    cumulatively (the ImageNet nets at 16: stage 3 dilation 2; at 8: stage 2 dilation 2, stage 3 dilation 4; the
-    first unit of a dilated stage keeps the previous stage's dilation). What changes and what does not:
+    stage whose stride would take the net past ``output_stride`` keeps its input's resolution, and so do the stages
+    after it. Its first unit runs at stride 1 (3x3 conv and 1x1 projection), and the 3x3 convs after it are dilated
+    by the dropped stride, cumulatively (ImageNet nets at 16: ``stages.3`` dilation 2; at 8: ``stages.2`` dilation
+    2, ``stages.3`` dilation 4; the first unit of a dilated stage keeps the previous stage's dilation). What changes
+    and what does not:
 
     * Trunk side: plain units, tail units and the pre/trunk/post units of each Attention Module are dilated, so they
       compute what the stride-32 net computes, densely. The official nets have no Attention Module in their last
       stage, so at 16 the whole net is exactly the stride-32 net sampled densely (its stride-32 features are the
       stride-16 features at every other position).
-    * Soft-mask branch: not dilated. A mask in a dilated stage (at 8: stage 2's) keeps its units and its max-pool
-      levels and runs on the larger map exactly as it would in the stride-32 net given a ``32 / output_stride``
-      times larger input (the pools and the exact-size bilinear upsampling take any size). Its receptive field in
-      input pixels therefore shrinks by the stage's dilation (2 for stage 2 at 8), while the trunk's does not: the
-      mask sees less context relative to the trunk, and its lowest level pools to 1/16 of the input instead of
-      1/32. Stride-32 weights still load (below) but compute a different mask there; fine-tuning adapts it.
+    * Soft-mask branch: not dilated. A mask in a dilated stage (the official nets at 8: ``stages.2``'s) keeps its
+      units and its max-pool levels and runs on the larger map exactly as it would in the stride-32 net given an
+      input larger by the stage's dilation (the pools and the exact-size bilinear upsampling take any size). Its
+      receptive field in input pixels therefore shrinks by that factor (2 for ``stages.2`` at 8) while the
+      trunk's does not: the mask sees less context relative to the trunk (the official one-level ``stages.2`` mask
+      pools to 1/16 of the input instead of 1/32). Stride-32 weights still load (below) but compute a different
+      mask there; fine-tuning adapts it.
     * Unchanged: every parameter name and shape (a stride-32 state_dict loads with ``strict=True`` at 8 and 16).
       ``feature_info`` reductions follow the layout (at 8: 2, 4, 8, 8, 8) and so does ``min_input_size``.
     * Refused (``ConfigError``): any value but 8/16/32, and any value for the CIFAR nets (stride 4 overall).
