@@ -96,6 +96,25 @@ def test_stride32_weights_load_into_dilated_nets(name):
         torch.testing.assert_close(again(x), expected, rtol=0, atol=0)
 
 
+def test_pretrained_stride32_file_into_dilated_backbone(tmp_path):
+    """ The segmentation workflow: stride-32 weights from a file, ``features_only=True, output_stride=8``. """
+    from safetensors.torch import save_file
+
+    ref = _create('resattnet56')
+    path = tmp_path / 'resattnet56.safetensors'
+    save_file(ref.state_dict(), str(path))
+    backbone = timm.create_model(
+        'resattnet56', pretrained=True, features_only=True, output_stride=8, out_indices=(1, 4),
+        pretrained_cfg_overlay={'file': str(path)}, **NARROW).eval()
+    assert backbone.feature_info.reduction() == [4, 8]
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        low, high = backbone(x)
+        _, inter = ref.forward_intermediates(x, indices=(1,))
+    assert high.shape[-2:] == (SIZE // 8, SIZE // 8)
+    torch.testing.assert_close(low, inter[0])  # stage 0 is undilated: the loaded weights give the same features
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_dilated_trunk_is_the_stride32_net_sampled_densely(name):
     """ With no Attention Module in the dilated stages (the official nets' last stage at 16; stages 2-3 here at 8),
