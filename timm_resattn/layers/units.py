@@ -9,9 +9,15 @@ in the transitions between stages. Which unit is a per-variant choice (``ResAttn
 The layouts follow the authors' Caffe deploy files (``fwang91/residual-attention-network``, ``imagenet_model/``)
 exactly: stride in the 3x3 conv, no conv biases, a 1x1 projection shortcut only where shape changes.
 
+Dilation (``output_stride`` 8/16, see ``ResidualAttentionNet``): every unit takes ``dilation`` and
+``first_dilation`` like the blocks of timm's ResNet. Each 3x3 conv of a unit sits at or before its stride, so all of
+them use ``first_dilation`` (default: ``dilation``) as dilation and padding, as the 3x3 conv of timm's
+``Bottleneck`` does; the first unit of a dilated stage gets the previous stage's dilation there, later units the
+stage's own. The default 1 builds the official layout; parameter shapes never depend on the dilation.
+
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-from typing import Callable, Dict, Tuple, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -79,16 +85,21 @@ class PreActBottleneck(PreActUnit):
             act_layer: LayerType = nn.ReLU,
             norm_layer: Type[nn.Module] = BatchNormAct2d,
             drop_path_rate: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        first_dilation = first_dilation or dilation
         mid_chs = int(out_chs * bottle_ratio)
         self._init_input_norm(in_chs, act_layer, norm_layer, dd)
         self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
         self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
-        self.conv2 = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=groups, bias=False, **dd)
+        self.conv2 = nn.Conv2d(
+            mid_chs, mid_chs, 3, stride=stride, padding=first_dilation, dilation=first_dilation, groups=groups,
+            bias=False, **dd)
         self.norm3 = norm_layer(mid_chs, act_layer=act_layer, **dd)
         self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
         self._init_shortcut(in_chs, out_chs, stride, drop_path_rate, dd)
@@ -124,17 +135,22 @@ class NeXtBottleneck(nn.Module):
             act_layer: LayerType = nn.ReLU,
             norm_layer: Type[nn.Module] = BatchNormAct2d,
             drop_path_rate: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        first_dilation = first_dilation or dilation
         mid_chs = int(out_chs * bottle_ratio)
         if mid_chs % groups:
             raise ValueError(f'NeXtBottleneck: width {mid_chs} is not divisible by groups={groups}')
         self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
         self.norm1 = norm_layer(mid_chs, act_layer=act_layer, **dd)
-        self.conv2 = nn.Conv2d(mid_chs, mid_chs, 3, stride=stride, padding=1, groups=groups, bias=False, **dd)
+        self.conv2 = nn.Conv2d(
+            mid_chs, mid_chs, 3, stride=stride, padding=first_dilation, dilation=first_dilation, groups=groups,
+            bias=False, **dd)
         self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
         self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
         self.norm3 = norm_layer(out_chs, apply_act=False, **dd)
@@ -188,11 +204,14 @@ class PreActInceptionUnit(PreActUnit):
             act_layer: LayerType = nn.ReLU,
             norm_layer: Type[nn.Module] = BatchNormAct2d,
             drop_path_rate: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             device=None,
             dtype=None,
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
+        first_dilation = first_dilation or dilation
         w = int(out_chs * bottle_ratio)  # C/8 by default
         w_half = w // 2
         self._init_input_norm(in_chs, act_layer, norm_layer, dd)
@@ -200,14 +219,14 @@ class PreActInceptionUnit(PreActUnit):
         self.branch1 = nn.Sequential(
             nn.Conv2d(in_chs, w, 1, bias=False, **dd),
             norm_layer(w, act_layer=act_layer, **dd),
-            nn.Conv2d(w, w, 3, stride=stride, padding=1, bias=False, **dd),
+            nn.Conv2d(w, w, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False, **dd),
         )
         self.branch2 = nn.Sequential(
             nn.Conv2d(in_chs, w_half, 1, bias=False, **dd),
             norm_layer(w_half, act_layer=act_layer, **dd),
-            nn.Conv2d(w_half, w, 3, padding=1, bias=False, **dd),
+            nn.Conv2d(w_half, w, 3, padding=first_dilation, dilation=first_dilation, bias=False, **dd),
             norm_layer(w, act_layer=act_layer, **dd),
-            nn.Conv2d(w, w, 3, stride=stride, padding=1, bias=False, **dd),
+            nn.Conv2d(w, w, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False, **dd),
         )
         self.norm2 = norm_layer(3 * w, act_layer=act_layer, **dd)
         self.conv_merge = nn.Conv2d(3 * w, out_chs, 1, bias=False, **dd)
@@ -231,7 +250,9 @@ def register_unit(name: str, fn: Callable[..., nn.Module], preactivates_input: b
     Args:
         name: Name used in the arch config.
         fn: Constructor taking ``(in_chs, out_chs, stride=, bottle_ratio=, groups=, act_layer=, norm_layer=,
-            drop_path_rate=, device=, dtype=)``.
+            drop_path_rate=, device=, dtype=)``, and ``dilation=`` / ``first_dilation=`` for nets built with
+            ``output_stride`` 8 or 16 (passed only where a unit is dilated, so units without them still build
+            the stride-32 nets).
         preactivates_input: True if the unit applies its own BN-ReLU to its input (pre-activation), so that its
             output is a raw sum and whoever consumes it next (e.g. the mask head) must normalise it first.
     """

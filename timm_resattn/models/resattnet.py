@@ -9,11 +9,16 @@ same structure, same learnable-parameter count and the same function given the s
 (``timm_resattn.convert.caffe`` maps the authors' Caffe blobs onto these modules). Where the paper and the official
 files disagree, the files win; each entrypoint's docstring says where.
 
+Dense prediction: the ImageNet nets take ``output_stride`` 8 or 16 (``timm.create_model(name, features_only=True,
+output_stride=8)``), which the paper and the official files do not have. The later stages keep their resolution and
+dilate their trunk's 3x3 convs as timm's ResNet does; the Attention Modules' soft-mask branches stay undilated and run
+on the larger maps as at a larger input, so the mask sees less context relative to the trunk than at stride 32
+(``ResidualAttentionNet`` says exactly what changes).
+
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 import json
-from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,228 +34,22 @@ except ImportError:  # older timm
     from timm.layers import feature_take_indices
 
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
-from ..errors import ConfigError
 from ..layers.attention import (
-    MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS, AttentionModule, EncoderDecoderMask, LocalConvMask,
-    PytorchcvEncoderDecoderMask, create_max_pool,
+    AttentionModule, EncoderDecoderMask, LocalConvMask, PytorchcvEncoderDecoderMask, create_max_pool,
 )
-from ..layers.units import create_unit, registered_units, unit_preactivates_input
+from ..layers.units import create_unit, unit_preactivates_input
 from ..weights import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_state_dict, has_weights, load_checked, no_weights_error
+from .config import ResAttnCfg
 
 __all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
-STEM_TYPES = ('imagenet', 'cifar')
-PER_STAGE_FIELDS = ('stage_chs', 'stage_strides', 'stage_units', 'stage_modules', 'mask_levels')
-
-
-def _pool_out(size: int, mode: str = 'caffe') -> int:
-    """ Output size of the 3x3/s2 max-pool: ceil mode without padding (``'caffe'``; 0 if the input is too small)
-    or floor mode with padding 1 (``'torch'``: ceil(size / 2), any size >= 1 works).
-    """
-    if mode == 'torch':
-        return (size + 1) // 2
-    if size < 2:
-        return 0
-    return (size - 2) // 2 + 1
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class ResAttnCfg:
-    """ Architecture of a Residual Attention Network. A variant is one row of ``model_cfgs``.
-
-    Every field can be overridden from ``timm.create_model(name, **kwargs)`` (and train.py's ``--model-kwargs``).
-    :meth:`validate` checks every field's type and range (the one place where they are checked) and raises a
-    ``ConfigError`` (a ``ValueError``) naming the field and what was expected.
-
-    Args:
-        unit: Residual unit type: ``'preact'`` (pre-activation bottleneck), ``'next'`` (ResNeXt, post-act) or
-            ``'inception'`` (our pre-activation Inception-ResNet unit); see ``layers.units``.
-        stem_type: ``'imagenet'`` (7x7/2 conv, BN-ReLU, 3x3/2 ceil-mode max-pool) or ``'cifar'`` (3x3/1 conv).
-        stem_chs: Stem output channels.
-        stage_chs: Output channels of each stage.
-        stage_strides: Stride of each stage's first unit.
-        stage_units: Plain residual units at the start of each stage (the first one changes width/stride).
-        stage_modules: Attention Modules following them in each stage.
-        stage_tail_units: Plain residual units after the modules of each stage (None: none).
-        mask_levels: Max-pool levels of the encoder-decoder mask in each stage (0 where there is no module).
-        p: Pre-processing units before the trunk/mask split, and post-processing units after the merge.
-        t: Trunk units.
-        r: Units between adjacent pooling layers of the mask (2r at the lowest resolution).
-        bottle_ratio: Bottleneck width / output width of each unit.
-        groups: Groups of each unit's 3x3 conv (cardinality of the NeXt units).
-        attention_residual: ``(1 + M) * T`` (attention residual learning) if True, else ``M * T``.
-        mask_act: Mask activation: ``'mixed'`` (sigmoid), ``'channel'`` (L2 over channels), ``'spatial'``.
-        mask_type: ``'encoder_decoder'`` (bottom-up top-down) or ``'local'`` (units at full resolution).
-        local_mask_units: Full-resolution units of each ``'local'`` mask per stage (None: as many as match the MACs of
-            the encoder-decoder mask's units, which run at 1/4, 1/16, ... of the area; at least one).
-        mask_wiring: How the encoder-decoder mask adds up: ``'official'`` (the Caffe files: ``skip(s)`` merges,
-            ``M = head(up)``) or ``'pytorchcv'`` (pytorchcv's ResAttNet, the net of the one public ImageNet checkpoint:
-            ``s + skip(s)`` merges and ``M = head(up + T)``; ``PytorchcvEncoderDecoderMask``). Same parameters.
-        max_pool: The 3x3/s2 max-pools of the stem and the masks: ``'caffe'`` (no padding, ceil mode; official) or
-            ``'torch'`` (padding 1, floor mode; pytorchcv).
-        conv_init: Conv weight init for training from scratch: ``'kaiming_normal_fan_out'`` (timm's ResNet
-            convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
-    """
-    unit: str = 'preact'
-    stem_type: Literal['imagenet', 'cifar'] = 'imagenet'
-    stem_chs: int = 64
-    stage_chs: Tuple[int, ...] = (256, 512, 1024, 2048)
-    stage_strides: Tuple[int, ...] = (1, 2, 2, 2)
-    stage_units: Tuple[int, ...] = (1, 1, 1, 3)
-    stage_modules: Tuple[int, ...] = (1, 1, 1, 0)
-    stage_tail_units: Optional[Tuple[int, ...]] = None
-    mask_levels: Tuple[int, ...] = (3, 2, 1, 0)
-    p: int = 1
-    t: int = 2
-    r: int = 1
-    bottle_ratio: float = 0.25
-    groups: int = 1
-    attention_residual: bool = True
-    mask_act: Literal['mixed', 'channel', 'spatial'] = 'mixed'
-    mask_type: Literal['encoder_decoder', 'local'] = 'encoder_decoder'
-    local_mask_units: Optional[Tuple[int, ...]] = None
-    mask_wiring: Literal['official', 'pytorchcv'] = 'official'
-    max_pool: Literal['caffe', 'torch'] = 'caffe'
-    conv_init: Literal['kaiming_normal_fan_out', 'kaiming_uniform_fan_in'] = 'kaiming_normal_fan_out'
-
-    # fields that change how the net is trained or run, not what it computes (not recorded with its weights)
-    NON_FUNCTIONAL = ('conv_init',)
-
-    @classmethod
-    def from_overrides(cls, base: 'ResAttnCfg', overrides: Dict[str, Any]) -> 'ResAttnCfg':
-        """ ``base`` with ``overrides`` (kwargs of ``timm.create_model``) applied; lists become tuples. """
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(
-                f'ResidualAttentionNet got unexpected keyword argument(s) {unknown}; '
-                f'architecture fields that can be overridden: {sorted(names)}'
-            )
-        return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.stage_chs)
-
-    def tail_units(self, stage_idx: int) -> int:
-        return self.stage_tail_units[stage_idx] if self.stage_tail_units else 0
-
-    def blocks_per_stage(self) -> Tuple[int, ...]:
-        """ Blocks (plain units + Attention Modules + tail units) of each stage, in ``stages.<i>``. """
-        return tuple(
-            self.stage_units[i] + self.stage_modules[i] + self.tail_units(i) for i in range(self.num_stages))
-
-    def local_units(self, stage_idx: int) -> int:
-        """ Units of a ``'local'`` mask: explicit, or the full-resolution equivalent of the encoder-decoder mask. """
-        if self.local_mask_units is not None:
-            return self.local_mask_units[stage_idx]
-        levels, r = self.mask_levels[stage_idx], self.r
-        # area of each encoder-decoder unit relative to the trunk: r (2r lowest) after pool k at 4^-k,
-        # one skip and r up units at each level above the lowest
-        area = sum((2 * r if k == levels else r) * 4.0 ** -k for k in range(1, levels + 1))
-        area += sum((1 + r) * 4.0 ** -k for k in range(1, levels))
-        return max(1, round(area))
-
-    def min_input_size(self) -> int:
-        """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes). """
-        def fits(size: int) -> bool:
-            if self.stem_type == 'imagenet':
-                size = _pool_out((size + 1) // 2, self.max_pool)  # 7x7/2 conv pad 3, then the stem max-pool
-            for stride, modules, levels in zip(self.stage_strides, self.stage_modules, self.mask_levels):
-                size = (size + stride - 1) // stride  # 3x3 conv pad 1 with stride 1 or 2
-                if size < 1:
-                    return False
-                if modules and self.mask_type == 'encoder_decoder':
-                    h = size
-                    for _ in range(levels):
-                        h = _pool_out(h, self.max_pool)
-                        if h < 1:
-                            return False
-            return True
-
-        for s in range(1, 4097):
-            if fits(s):
-                return s
-        raise ConfigError('no input size up to 4096 fits this architecture (too many strides and mask levels)')
-
-    def function_fields(self) -> Dict[str, Any]:
-        """ Every field that changes what the network computes (all but ``NON_FUNCTIONAL``), JSON-ready. """
-        return {
-            f.name: list(v) if isinstance(v, tuple) else v
-            for f in fields(self) for v in (getattr(self, f.name),) if f.name not in self.NON_FUNCTIONAL
-        }
-
-    def validate(self) -> 'ResAttnCfg':
-        """ Check every field's type and range; returns ``self``. """
-        def fail(name: str, expected: str) -> None:
-            raise ConfigError(f'{name}={getattr(self, name)!r} is invalid: expected {expected}')
-
-        def choice(name: str, choices) -> None:
-            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
-                fail(name, f"one of {', '.join(repr(c) for c in choices)}")
-
-        def integer(name: str, minimum: int) -> None:
-            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
-                fail(name, f'an int >= {minimum}')
-
-        def per_stage(name: str, minimum: int, value=None) -> None:
-            value = getattr(self, name) if value is None else value
-            if not isinstance(value, tuple) or len(value) != n or not all(_is_int(v) and v >= minimum for v in value):
-                fail(name, f'a tuple of {n} ints >= {minimum}, one per stage')
-
-        choice('unit', registered_units())
-        choice('stem_type', STEM_TYPES)
-        choice('mask_act', MASK_ACTS)
-        choice('mask_type', MASK_TYPES)
-        choice('mask_wiring', MASK_WIRINGS)
-        choice('max_pool', MAX_POOLS)
-        choice('conv_init', CONV_INITS)
-        if not isinstance(self.attention_residual, bool):
-            fail('attention_residual', 'True or False (a bool; strings like "false" are not accepted)')
-        integer('stem_chs', 1)
-        integer('p', 0)
-        integer('t', 1)
-        integer('r', 1)
-        integer('groups', 1)
-        if not isinstance(self.stage_chs, tuple) or not self.stage_chs:
-            fail('stage_chs', 'a non-empty tuple of ints >= 1, one per stage')
-        n = len(self.stage_chs)
-        per_stage('stage_chs', 1)
-        per_stage('stage_strides', 1)
-        per_stage('stage_units', 1)  # the first unit of a stage sets its width and stride
-        per_stage('stage_modules', 0)
-        per_stage('mask_levels', 0)
-        if self.stage_tail_units is not None:
-            per_stage('stage_tail_units', 0)
-        if self.local_mask_units is not None:
-            per_stage('local_mask_units', 1)
-        ratio = self.bottle_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 16:
-            fail('bottle_ratio', 'a number in (0, 16]')
-        min_width = 2 if self.unit == 'inception' else 1  # the inception unit's narrowest branch is half the width
-        for chs in self.stage_chs:
-            width = int(chs * ratio)
-            if width < min_width:
-                fail('bottle_ratio', f'a ratio that gives every unit at least {min_width} channel(s) (stage width '
-                                     f'{chs} x {ratio} = {chs * ratio:g})')
-            if self.unit != 'inception' and width % self.groups:
-                raise ConfigError(f'groups={self.groups} is invalid: the 3x3 conv width {width} (stage width {chs} '
-                                  f'x bottle_ratio {ratio}) is not divisible by it')
-        for i, (modules, levels) in enumerate(zip(self.stage_modules, self.mask_levels)):
-            if modules and self.mask_type == 'encoder_decoder' and levels < 1:
-                raise ConfigError(f'mask_levels={self.mask_levels!r} is invalid: stage {i} has Attention Modules, '
-                                  f'and an encoder-decoder mask needs at least one level there')
-        if self.mask_wiring != 'official' and self.mask_type != 'encoder_decoder':
-            raise ConfigError(f"mask_wiring={self.mask_wiring!r} only applies to mask_type='encoder_decoder'")
-        self.min_input_size()
-        return self
+def _dilation_kwargs(first_dilation: int, dilation: int) -> Dict[str, int]:
+    """ Unit kwargs for a dilated unit; none for an undilated one (so units without these arguments still build). """
+    if first_dilation == 1 and dilation == 1:
+        return {}
+    return {'dilation': dilation, 'first_dilation': first_dilation}
 
 
 @register_notrace_function
@@ -269,6 +68,28 @@ class ResidualAttentionNet(nn.Module):
 
     Layout: ``stem`` -> ``stages.0..N-1`` (each ``nn.Sequential`` of residual units and Attention Modules) ->
     ``norm`` (final BN-ReLU of pre-activation nets) -> ``head`` (global pool, dropout, fc).
+
+    ``output_stride`` 8 or 16 (dense prediction; not in the paper or the official files), as in timm's ResNet: a
+    stage whose stride would take the net past ``output_stride`` keeps its input's resolution, and so do the stages
+    after it. Its first unit runs at stride 1 (3x3 conv and 1x1 projection), and the 3x3 convs after it are dilated
+    by the dropped stride, cumulatively (ImageNet nets at 16: ``stages.3`` dilation 2; at 8: ``stages.2`` dilation
+    2, ``stages.3`` dilation 4; the first unit of a dilated stage keeps the previous stage's dilation). What changes
+    and what does not:
+
+    * Trunk side: plain units, tail units and the pre/trunk/post units of each Attention Module are dilated, so they
+      compute what the stride-32 net computes, densely. The official nets have no Attention Module in their last
+      stage, so at 16 the whole net is exactly the stride-32 net sampled densely (its stride-32 features are the
+      stride-16 features at every other position).
+    * Soft-mask branch: not dilated. A mask in a dilated stage (the official nets at 8: ``stages.2``'s) keeps its
+      units and its max-pool levels and runs on the larger map exactly as it would in the stride-32 net given an
+      input larger by the stage's dilation (the pools and the exact-size bilinear upsampling take any size). Its
+      receptive field in input pixels therefore shrinks by that factor (2 for ``stages.2`` at 8) while the
+      trunk's does not: the mask sees less context relative to the trunk (the official one-level ``stages.2`` mask
+      pools to 1/16 of the input instead of 1/32). Stride-32 weights still load (below) but compute a different
+      mask there; fine-tuning adapts it.
+    * Unchanged: every parameter name and shape (a stride-32 state_dict loads with ``strict=True`` at 8 and 16).
+      ``feature_info`` reductions follow the layout (at 8: 2, 4, 8, 8, 8) and so does ``min_input_size``.
+    * Refused (``ConfigError``): any value but 8/16/32, and any value for the CIFAR nets (stride 4 overall).
     """
 
     def __init__(
@@ -281,6 +102,7 @@ class ResidualAttentionNet(nn.Module):
             drop_path_rate: float = 0.,
             act_layer: LayerType = nn.ReLU,
             zero_init_last: bool = False,
+            output_stride: Optional[int] = None,
             device=None,
             dtype=None,
             **kwargs,
@@ -295,6 +117,10 @@ class ResidualAttentionNet(nn.Module):
             drop_path_rate: Stochastic depth rate, linear over the trunk's blocks; mask-branch units never drop.
             act_layer: Activation layer of every BN-act (ReLU officially).
             zero_init_last: Zero-init the last BN/conv of each residual unit.
+            output_stride: Stride of the final features, 8, 16 or 32 (None: the net's own, 32 for the ImageNet
+                nets), for dense prediction as in timm's ResNet: the later stages keep their resolution and dilate
+                their trunk's 3x3 convs instead (see the class docstring). Same parameters at every value.
+                ImageNet-layout nets only.
             **kwargs: Overrides of ``cfg`` fields (e.g. ``attention_residual=False``, ``mask_act='spatial'``).
         """
         super().__init__()
@@ -308,7 +134,8 @@ class ResidualAttentionNet(nn.Module):
         act_layer = get_act_layer(act_layer)
         norm_layer = BatchNormAct2d
         preact = unit_preactivates_input(cfg.unit)
-        self.min_input_size = cfg.min_input_size()
+        schedule = cfg.stride_schedule(output_stride)
+        self.min_input_size = cfg.min_input_size(output_stride)
 
         # stem
         self.stem = nn.Sequential()
@@ -318,11 +145,9 @@ class ResidualAttentionNet(nn.Module):
             # Caffe max-pool, 3x3/s2 without padding in ceil mode: 112 -> 56 (not 55) at 224 (or pytorchcv's pad 1)
             self.stem.add_module('pool', create_max_pool(cfg.max_pool))
             self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=2, module='stem.norm')]
-            stride = 4
         else:
             self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, 3, padding=1, bias=False, **dd))
             self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=1, module='stem.conv')]
-            stride = 1
 
         # stages
         unit_kwargs = dict(bottle_ratio=cfg.bottle_ratio, groups=cfg.groups, act_layer=act_layer, **dd)
@@ -332,27 +157,31 @@ class ResidualAttentionNet(nn.Module):
         prev_chs = cfg.stem_chs
         stages = []
         for stage_idx, out_chs in enumerate(cfg.stage_chs):
+            stage_stride, first_dilation, dilation, reduction = schedule[stage_idx]
+            dil_kwargs = _dilation_kwargs(dilation, dilation)
             blocks = []
             for unit_idx in range(cfg.stage_units[stage_idx]):
                 blocks.append(create_unit(
                     cfg.unit,
                     prev_chs,
                     out_chs,
-                    stride=cfg.stage_strides[stage_idx] if unit_idx == 0 else 1,
+                    stride=stage_stride if unit_idx == 0 else 1,
                     drop_path_rate=dpr[block_idx],
+                    **(_dilation_kwargs(first_dilation, dilation) if unit_idx == 0 else dil_kwargs),
                     **unit_kwargs,
                 ))
                 prev_chs = out_chs
                 block_idx += 1
             for _ in range(cfg.stage_modules[stage_idx]):
-                blocks.append(self._make_attention_module(cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, preact))
+                blocks.append(self._make_attention_module(
+                    cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, preact, dilation=dilation))
                 block_idx += 1
             for _ in range(cfg.tail_units(stage_idx)):
-                blocks.append(create_unit(cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **unit_kwargs))
+                blocks.append(create_unit(
+                    cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **dil_kwargs, **unit_kwargs))
                 block_idx += 1
-            stride *= cfg.stage_strides[stage_idx]
             stages.append(nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=stride, module=f'stages.{stage_idx}'))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_idx}'))
         self.stages = nn.Sequential(*stages)
 
         self.num_features = self.head_hidden_size = prev_chs
@@ -372,9 +201,14 @@ class ResidualAttentionNet(nn.Module):
             drop_path_rate: float,
             unit_kwargs: Dict[str, Any],
             preact: bool,
+            dilation: int = 1,
     ) -> AttentionModule:
+        # a dilated stage (output_stride < 32) dilates the trunk side (pre, trunk, post); the mask branch keeps its
+        # undilated units and pooling levels and so runs as it would at a larger input
+        trunk_dil_kwargs = _dilation_kwargs(dilation, dilation)
+
         def trunk_unit():
-            return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **unit_kwargs)
+            return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **trunk_dil_kwargs, **unit_kwargs)
 
         def mask_unit():
             return create_unit(cfg.unit, chs, chs, **unit_kwargs)

@@ -1,0 +1,273 @@
+""" The architecture config of a Residual Attention Network: one record per variant, checked in one place.
+
+``ResAttnCfg`` holds every architectural choice (``model_cfgs`` in ``resattnet.py`` has one row per registered
+variant; ``timm.create_model(name, **kwargs)`` overrides fields), validates the type and range of each field
+(``validate``: the one place they are checked) and does the arithmetic the network and its users need once: blocks
+per stage, the units of a local mask, the stride/dilation schedule for ``output_stride``, the minimum input size,
+and the fields recorded with saved weights.
+"""
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+from ..errors import ConfigError
+from ..layers.attention import MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS
+from ..layers.units import registered_units
+
+__all__ = ['ResAttnCfg', 'OUTPUT_STRIDES']
+
+CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
+STEM_TYPES = ('imagenet', 'cifar')
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _pool_out(size: int, mode: str = 'caffe') -> int:
+    """ Output size of the 3x3/s2 max-pool: ceil mode without padding (``'caffe'``; 0 if the input is too small)
+    or floor mode with padding 1 (``'torch'``: ceil(size / 2), any size >= 1 works).
+    """
+    if mode == 'torch':
+        return (size + 1) // 2
+    if size < 2:
+        return 0
+    return (size - 2) // 2 + 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ResAttnCfg:
+    """ Architecture of a Residual Attention Network. A variant is one row of ``model_cfgs``.
+
+    Every field can be overridden from ``timm.create_model(name, **kwargs)`` (and train.py's ``--model-kwargs``).
+    :meth:`validate` checks every field's type and range (the one place where they are checked) and raises a
+    ``ConfigError`` (a ``ValueError``) naming the field and what was expected.
+
+    Args:
+        unit: Residual unit type: ``'preact'`` (pre-activation bottleneck), ``'next'`` (ResNeXt, post-act) or
+            ``'inception'`` (our pre-activation Inception-ResNet unit); see ``layers.units``.
+        stem_type: ``'imagenet'`` (7x7/2 conv, BN-ReLU, 3x3/2 ceil-mode max-pool) or ``'cifar'`` (3x3/1 conv).
+        stem_chs: Stem output channels.
+        stage_chs: Output channels of each stage.
+        stage_strides: Stride of each stage's first unit.
+        stage_units: Plain residual units at the start of each stage (the first one changes width/stride).
+        stage_modules: Attention Modules following them in each stage.
+        stage_tail_units: Plain residual units after the modules of each stage (None: none).
+        mask_levels: Max-pool levels of the encoder-decoder mask in each stage (0 where there is no module).
+        p: Pre-processing units before the trunk/mask split, and post-processing units after the merge.
+        t: Trunk units.
+        r: Units between adjacent pooling layers of the mask (2r at the lowest resolution).
+        bottle_ratio: Bottleneck width / output width of each unit.
+        groups: Groups of each unit's 3x3 conv (cardinality of the NeXt units).
+        attention_residual: ``(1 + M) * T`` (attention residual learning) if True, else ``M * T``.
+        mask_act: Mask activation: ``'mixed'`` (sigmoid), ``'channel'`` (L2 over channels), ``'spatial'``.
+        mask_type: ``'encoder_decoder'`` (bottom-up top-down) or ``'local'`` (units at full resolution).
+        local_mask_units: Full-resolution units of each ``'local'`` mask per stage (None: as many as match the MACs of
+            the encoder-decoder mask's units, which run at 1/4, 1/16, ... of the area; at least one).
+        mask_wiring: How the encoder-decoder mask adds up: ``'official'`` (the Caffe files: ``skip(s)`` merges,
+            ``M = head(up)``) or ``'pytorchcv'`` (pytorchcv's ResAttNet, the net of the one public ImageNet checkpoint:
+            ``s + skip(s)`` merges and ``M = head(up + T)``; ``PytorchcvEncoderDecoderMask``). Same parameters.
+        max_pool: The 3x3/s2 max-pools of the stem and the masks: ``'caffe'`` (no padding, ceil mode; official) or
+            ``'torch'`` (padding 1, floor mode; pytorchcv).
+        conv_init: Conv weight init for training from scratch: ``'kaiming_normal_fan_out'`` (timm's ResNet
+            convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
+    """
+    unit: str = 'preact'
+    stem_type: Literal['imagenet', 'cifar'] = 'imagenet'
+    stem_chs: int = 64
+    stage_chs: Tuple[int, ...] = (256, 512, 1024, 2048)
+    stage_strides: Tuple[int, ...] = (1, 2, 2, 2)
+    stage_units: Tuple[int, ...] = (1, 1, 1, 3)
+    stage_modules: Tuple[int, ...] = (1, 1, 1, 0)
+    stage_tail_units: Optional[Tuple[int, ...]] = None
+    mask_levels: Tuple[int, ...] = (3, 2, 1, 0)
+    p: int = 1
+    t: int = 2
+    r: int = 1
+    bottle_ratio: float = 0.25
+    groups: int = 1
+    attention_residual: bool = True
+    mask_act: Literal['mixed', 'channel', 'spatial'] = 'mixed'
+    mask_type: Literal['encoder_decoder', 'local'] = 'encoder_decoder'
+    local_mask_units: Optional[Tuple[int, ...]] = None
+    mask_wiring: Literal['official', 'pytorchcv'] = 'official'
+    max_pool: Literal['caffe', 'torch'] = 'caffe'
+    conv_init: Literal['kaiming_normal_fan_out', 'kaiming_uniform_fan_in'] = 'kaiming_normal_fan_out'
+
+    # fields that change how the net is trained or run, not what it computes (not recorded with its weights)
+    NON_FUNCTIONAL = ('conv_init',)
+
+    @classmethod
+    def from_overrides(cls, base: 'ResAttnCfg', overrides: Dict[str, Any]) -> 'ResAttnCfg':
+        """ ``base`` with ``overrides`` (kwargs of ``timm.create_model``) applied; lists become tuples. """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(
+                f'ResidualAttentionNet got unexpected keyword argument(s) {unknown}; '
+                f'architecture fields that can be overridden: {sorted(names)}'
+            )
+        return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_chs)
+
+    def tail_units(self, stage_idx: int) -> int:
+        return self.stage_tail_units[stage_idx] if self.stage_tail_units else 0
+
+    def blocks_per_stage(self) -> Tuple[int, ...]:
+        """ Blocks (plain units + Attention Modules + tail units) of each stage, in ``stages.<i>``. """
+        return tuple(
+            self.stage_units[i] + self.stage_modules[i] + self.tail_units(i) for i in range(self.num_stages))
+
+    def local_units(self, stage_idx: int) -> int:
+        """ Units of a ``'local'`` mask: explicit, or the full-resolution equivalent of the encoder-decoder mask. """
+        if self.local_mask_units is not None:
+            return self.local_mask_units[stage_idx]
+        levels, r = self.mask_levels[stage_idx], self.r
+        # area of each encoder-decoder unit relative to the trunk: r (2r lowest) after pool k at 4^-k,
+        # one skip and r up units at each level above the lowest
+        area = sum((2 * r if k == levels else r) * 4.0 ** -k for k in range(1, levels + 1))
+        area += sum((1 + r) * 4.0 ** -k for k in range(1, levels))
+        return max(1, round(area))
+
+    def stride_schedule(self, output_stride: Optional[int] = None) -> List[Tuple[int, int, int, int]]:
+        """ Per stage ``(stride, first_dilation, dilation, reduction)`` for ``output_stride`` (None: the net's own).
+
+        timm's ResNet rule (``resnet.make_blocks``): a stage whose stride would take the net past ``output_stride``
+        keeps its input's resolution (stride 1) and multiplies the dilation by that stride instead, and so do all
+        stages after it; its first unit keeps the previous dilation (``first_dilation``), the later ones use the new
+        one. ``reduction`` is the stride of the stage's output relative to the input (``feature_info``). This is the
+        one place ``output_stride`` is validated.
+        """
+        stem_stride = 4 if self.stem_type == 'imagenet' else 1
+        native = stem_stride * math.prod(self.stage_strides)
+        if output_stride is not None:
+            if self.stem_type != 'imagenet':
+                raise ConfigError(
+                    f"output_stride={output_stride!r}: a net with stem_type={self.stem_type!r} runs at stride "
+                    f"{native} overall (stem stride {stem_stride}, stage_strides={self.stage_strides}), below any "
+                    f"output stride, so there is nothing to dilate. output_stride applies to the ImageNet-layout nets "
+                    f"(stem_type='imagenet') only; leave it unset here."
+                )
+            if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+                raise ConfigError(f'output_stride={output_stride!r} is not supported; expected one of {OUTPUT_STRIDES}')
+        net_stride, dilation = stem_stride, 1
+        schedule = []
+        for stride in self.stage_strides:
+            first_dilation = dilation
+            if output_stride is not None and (dilation > 1 or net_stride * stride > output_stride):
+                dilation *= stride
+                stride = 1
+            else:
+                net_stride *= stride
+            schedule.append((stride, first_dilation, dilation, net_stride))
+        if output_stride is not None and net_stride != output_stride:
+            if native < output_stride:
+                why = f'reach only stride {native}, and dilation can only keep a resolution, never reduce it further'
+            else:
+                why = f'reach stride {native}, and with whole stages dilated the closest it gets is {net_stride}'
+            raise ConfigError(
+                f'output_stride={output_stride} does not fit this net: its stem (stride {stem_stride}) and '
+                f'stage_strides={self.stage_strides} {why}'
+            )
+        return schedule
+
+    def min_input_size(self, output_stride: Optional[int] = None) -> int:
+        """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes), at
+        ``output_stride`` (``stride_schedule``: dilated stages have stride 1 and keep their input's size). """
+        strides = [stage[0] for stage in self.stride_schedule(output_stride)]
+
+        def fits(size: int) -> bool:
+            if self.stem_type == 'imagenet':
+                size = _pool_out((size + 1) // 2, self.max_pool)  # 7x7/2 conv pad 3, then the stem max-pool
+            for stride, modules, levels in zip(strides, self.stage_modules, self.mask_levels):
+                size = (size + stride - 1) // stride  # 3x3 conv, padding = dilation, stride 1 or 2
+                if size < 1:
+                    return False
+                if modules and self.mask_type == 'encoder_decoder':
+                    h = size
+                    for _ in range(levels):
+                        h = _pool_out(h, self.max_pool)
+                        if h < 1:
+                            return False
+            return True
+
+        for s in range(1, 4097):
+            if fits(s):
+                return s
+        raise ConfigError('no input size up to 4096 fits this architecture (too many strides and mask levels)')
+
+    def function_fields(self) -> Dict[str, Any]:
+        """ Every field that changes what the network computes (all but ``NON_FUNCTIONAL``), JSON-ready. """
+        return {
+            f.name: list(v) if isinstance(v, tuple) else v
+            for f in fields(self) for v in (getattr(self, f.name),) if f.name not in self.NON_FUNCTIONAL
+        }
+
+    def validate(self) -> 'ResAttnCfg':
+        """ Check every field's type and range; returns ``self``. """
+        def fail(name: str, expected: str) -> None:
+            raise ConfigError(f'{name}={getattr(self, name)!r} is invalid: expected {expected}')
+
+        def choice(name: str, choices) -> None:
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
+                fail(name, f"one of {', '.join(repr(c) for c in choices)}")
+
+        def integer(name: str, minimum: int) -> None:
+            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
+                fail(name, f'an int >= {minimum}')
+
+        def per_stage(name: str, minimum: int, value=None) -> None:
+            value = getattr(self, name) if value is None else value
+            if not isinstance(value, tuple) or len(value) != n or not all(_is_int(v) and v >= minimum for v in value):
+                fail(name, f'a tuple of {n} ints >= {minimum}, one per stage')
+
+        choice('unit', registered_units())
+        choice('stem_type', STEM_TYPES)
+        choice('mask_act', MASK_ACTS)
+        choice('mask_type', MASK_TYPES)
+        choice('mask_wiring', MASK_WIRINGS)
+        choice('max_pool', MAX_POOLS)
+        choice('conv_init', CONV_INITS)
+        if not isinstance(self.attention_residual, bool):
+            fail('attention_residual', 'True or False (a bool; strings like "false" are not accepted)')
+        integer('stem_chs', 1)
+        integer('p', 0)
+        integer('t', 1)
+        integer('r', 1)
+        integer('groups', 1)
+        if not isinstance(self.stage_chs, tuple) or not self.stage_chs:
+            fail('stage_chs', 'a non-empty tuple of ints >= 1, one per stage')
+        n = len(self.stage_chs)
+        per_stage('stage_chs', 1)
+        per_stage('stage_strides', 1)
+        per_stage('stage_units', 1)  # the first unit of a stage sets its width and stride
+        per_stage('stage_modules', 0)
+        per_stage('mask_levels', 0)
+        if self.stage_tail_units is not None:
+            per_stage('stage_tail_units', 0)
+        if self.local_mask_units is not None:
+            per_stage('local_mask_units', 1)
+        ratio = self.bottle_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 16:
+            fail('bottle_ratio', 'a number in (0, 16]')
+        min_width = 2 if self.unit == 'inception' else 1  # the inception unit's narrowest branch is half the width
+        for chs in self.stage_chs:
+            width = int(chs * ratio)
+            if width < min_width:
+                fail('bottle_ratio', f'a ratio that gives every unit at least {min_width} channel(s) (stage width '
+                                     f'{chs} x {ratio} = {chs * ratio:g})')
+            if self.unit != 'inception' and width % self.groups:
+                raise ConfigError(f'groups={self.groups} is invalid: the 3x3 conv width {width} (stage width {chs} '
+                                  f'x bottle_ratio {ratio}) is not divisible by it')
+        for i, (modules, levels) in enumerate(zip(self.stage_modules, self.mask_levels)):
+            if modules and self.mask_type == 'encoder_decoder' and levels < 1:
+                raise ConfigError(f'mask_levels={self.mask_levels!r} is invalid: stage {i} has Attention Modules, '
+                                  f'and an encoder-decoder mask needs at least one level there')
+        if self.mask_wiring != 'official' and self.mask_type != 'encoder_decoder':
+            raise ConfigError(f"mask_wiring={self.mask_wiring!r} only applies to mask_type='encoder_decoder'")
+        self.min_input_size()
+        return self
