@@ -14,6 +14,7 @@ if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not 
     sys.path.insert(0, str(REPO_ROOT))
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(120)
 def test_benchmark_end_to_end(tmp_path):
     pytest.importorskip('matplotlib')  # the plot; in the `test` and `bench` extras

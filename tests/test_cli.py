@@ -64,6 +64,7 @@ def test_classify_errors(image_and_checkpoint, tmp_path, capsys):
     assert 'No pretrained weights exist' in err
 
 
+@pytest.mark.subprocess
 def test_module_entrypoint_runs():
     out = subprocess.run(
         [sys.executable, '-m', 'timm_resattn', '--filter', 'resattnet56_cifar'],

@@ -99,7 +99,7 @@ def test_param_map_rejects_unofficial_layouts(override, match):
 # --- conversion reproduces the Caffe net ---
 
 @pytest.mark.parametrize('variant,sizes,bn_shape,as_tensors', [
-    pytest.param('resattnet56', (64, 224), '1c11', False, id='resattnet56'),
+    pytest.param('resattnet56', (64, 224), '1c11', False, id='resattnet56', marks=pytest.mark.slow),
     # 100 px: odd maps (25, 13, 7) and Interp ratios other than 2
     pytest.param('resattnet92', (64, 100), '1c', False, id='resattnet92'),
     pytest.param('resattnext56', (64,), 'c', True, id='resattnext56'),
@@ -311,6 +311,7 @@ def test_inconsistent_blob_shape(tmp_path):
 
 # --- command line ---
 
+@pytest.mark.subprocess
 def test_cli_end_to_end(tmp_path, net56):
     """ .caffemodel -> safetensors through ``python -m``, loaded back with timm's pretrained machinery. """
     graph, blobs = net56

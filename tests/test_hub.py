@@ -192,6 +192,7 @@ def _fill_hf_cache(cache: Path, repo_id: str, files, commit: str = 'a' * 40) -> 
     return snapshot
 
 
+@pytest.mark.subprocess
 def test_hf_hub_offline_cache(exported, tmp_path):
     _, out, directory = exported
     cache = tmp_path / 'hf' / 'hub'

@@ -60,6 +60,7 @@ def ours(release_file):
         'resattnet56_pcv', pretrained=True, pretrained_cfg_overlay=dict(file=str(release_file))).eval()
 
 
+@pytest.mark.slow
 def test_release_file_gives_pytorchcv_logits_at_224(reference, ours):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():

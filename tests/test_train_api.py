@@ -86,6 +86,7 @@ def test_scripts_wrapper_in_process(stand_in, tmp_path, monkeypatch, capsys):
     assert sys.argv == [str(stand_in), '--out', str(out), '--fail'] and sys.path[0] == str(stand_in.parent)
 
 
+@pytest.mark.subprocess
 def test_scripts_wrapper_under_torchrun(stand_in, tmp_path):
     """ torchrun -m timm_resattn.scripts SCRIPT ARGS: each worker runs `python -u -m timm_resattn.scripts SCRIPT
     ARGS` (the plain route too), the script sees its own argv, runs as __main__ with its directory on sys.path[0]. """

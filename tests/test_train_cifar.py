@@ -460,6 +460,7 @@ def test_timm_preprocessing_matches_training(trained, data_dir):
     assert acc == pytest.approx(ckpt['metric']) and acc == pytest.approx(summary['top1'])
 
 
+@pytest.mark.subprocess
 def test_command_line_error_subprocess(data_dir, tmp_path):
     """ The real entry point: one line on stderr, status 2. """
     import subprocess
