@@ -135,7 +135,9 @@ def test_in_chans(in_chans):
 
 def _narrow_kwargs(name):
     """ The ImageNet layouts at 1/8 width (same stages, modules and mask levels); the CIFAR nets as they are. """
-    return {} if name.endswith('_cifar') else NARROW_IMAGENET
+    if name.endswith('_cifar'):
+        return {}
+    return dict(NARROW_IMAGENET, groups=8) if 'next' in name else NARROW_IMAGENET  # 32x4d -> 8 groups of 2
 
 
 @pytest.mark.parametrize('name', ALL_MODELS)

@@ -290,3 +290,12 @@ def test_cifar_mask_figure_is_readable():
 def test_errors_are_one_family():
     for cls in (ConfigError, WeightsError, ExportError):
         assert issubclass(cls, ResAttnError)
+
+
+@pytest.mark.parametrize('name, kwargs', [('resattnet56', NARROW_IMAGENET), (CIFAR, {})])
+def test_features_only_checks_the_input_size(name, kwargs):
+    model = timm.create_model(name, features_only=True, **kwargs).eval()
+    full = timm.create_model(name, **kwargs)
+    with pytest.raises(ValueError, match=f'minimum {full.min_input_size}x{full.min_input_size}'):
+        model(torch.randn(1, 3, full.min_input_size - 1, 64))
+    assert len(model(torch.randn(1, 3, full.min_input_size, full.min_input_size))) == len(full.feature_info)

@@ -63,6 +63,21 @@ def check_input_size(x: torch.Tensor, min_size: int) -> torch.Tensor:
     return x
 
 
+class InputSizeCheck(nn.Module):
+    """ The first module of the stem: ``check_input_size`` against the network's minimum. Being part of the stem, it
+    also guards the ``features_only`` wrappers, which call the stem's children instead of ``forward_features``. """
+
+    def __init__(self, min_size: int):
+        super().__init__()
+        self.min_size = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input_size(x, self.min_size)
+
+    def extra_repr(self) -> str:
+        return f'min_size={self.min_size}'
+
+
 class ResidualAttentionNet(nn.Module):
     """ Residual Attention Network (Wang et al., CVPR 2017).
 
@@ -139,6 +154,7 @@ class ResidualAttentionNet(nn.Module):
 
         # stem
         self.stem = nn.Sequential()
+        self.stem.add_module('check', InputSizeCheck(self.min_input_size))  # no parameters
         if cfg.stem_type == 'imagenet':
             self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, 7, stride=2, padding=3, bias=False, **dd))
             self.stem.add_module('norm', norm_layer(cfg.stem_chs, act_layer=act_layer, **dd))
@@ -325,13 +341,12 @@ class ResidualAttentionNet(nn.Module):
             intermediates_only: Only return intermediate features.
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        x = check_input_size(x, self.min_input_size)
         intermediates = []
         num_stages = len(self.stages)
         take_indices, max_index = feature_take_indices(num_stages + 1, indices)
 
         if hasattr(self.stem, 'norm'):
-            x = self.stem.norm(self.stem.conv(x))
+            x = self.stem.norm(self.stem.conv(self.stem.check(x)))
             if 0 in take_indices:
                 intermediates.append(x)
             x = self.stem.pool(x)
@@ -385,8 +400,7 @@ class ResidualAttentionNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """ Return the unpooled final feature map (after the final BN-ReLU of pre-activation nets). """
-        x = check_input_size(x, self.min_input_size)
-        x = self.stem(x)
+        x = self.stem(x)  # its first module checks the input size
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
                 x = checkpoint_seq(stage, x)
