@@ -299,3 +299,14 @@ def test_features_only_checks_the_input_size(name, kwargs):
     with pytest.raises(ValueError, match=f'minimum {full.min_input_size}x{full.min_input_size}'):
         model(torch.randn(1, 3, full.min_input_size - 1, 64))
     assert len(model(torch.randn(1, 3, full.min_input_size, full.min_input_size))) == len(full.feature_info)
+
+
+def test_hub_export_keeps_output_stride(tmp_path):
+    model = timm.create_model('resattnet56', output_stride=16, **NARROW_IMAGENET).eval()
+    out = save_pretrained(model, tmp_path / 'os16')
+    assert json.loads((out / 'config.json').read_text())['model_args']['output_stride'] == 16
+    back = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert back.feature_info[-1]['reduction'] == 16
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)

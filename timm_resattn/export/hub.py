@@ -84,13 +84,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def architecture_args(model: torch.nn.Module) -> Dict[str, Any]:
-    """ Architecture fields of ``model.cfg`` that differ from its registered variant (JSON-ready ``model_args``). """
+    """ Architecture fields of ``model.cfg`` that differ from its registered variant, and a non-default
+    ``output_stride`` (JSON-ready ``model_args``). """
     base = model_cfgs[_check_model(model)]
-    return {
+    args = {
         f.name: _jsonable(getattr(model.cfg, f.name))
         for f in dataclasses.fields(model.cfg)
         if getattr(model.cfg, f.name) != getattr(base, f.name)
     }
+    if getattr(model, 'output_stride', None):
+        args['output_stride'] = model.output_stride
+    return args
 
 
 def _format_accuracy(reported: Dict[str, Any]) -> str:

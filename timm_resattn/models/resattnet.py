@@ -150,6 +150,7 @@ class ResidualAttentionNet(nn.Module):
         norm_layer = BatchNormAct2d
         preact = unit_preactivates_input(cfg.unit)
         schedule = cfg.stride_schedule(output_stride)
+        self.output_stride = output_stride  # None: the net's own (recorded by the Hub export)
         self.min_input_size = cfg.min_input_size(output_stride)
 
         # stem
