@@ -38,6 +38,8 @@ from ..layers.attention import (
     MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS, AttentionModule, EncoderDecoderMask, LocalConvMask,
     PytorchcvEncoderDecoderMask, create_max_pool,
 )
+from ..errors import ConfigError
+from ..layers.memory import LeanMaxPool2d
 from ..layers.units import create_unit, unit_preactivates_input
 
 __all__ = [
@@ -82,6 +84,10 @@ class ResAttnCfg:
             ``'torch'`` (padding 1, floor mode; pytorchcv).
         conv_init: Conv weight init for training from scratch: ``'kaiming_normal_fan_out'`` (timm's ResNet
             convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
+        memory_efficient: Keep fewer tensors for backward in training (``layers.memory``): each BN-ReLU-conv keeps
+            only BN's input and recomputes the ReLU output in backward, the max-pools keep a uint8 argmax. Same
+            outputs (bit-identical), same gradients (up to fp32 summation order), same running stats; eval,
+            no-grad, TorchScript, FX, ``torch.compile`` and autocast take the plain path. Not part of the paper.
     """
     unit: str = 'preact'
     stem_type: str = 'imagenet'
@@ -104,6 +110,7 @@ class ResAttnCfg:
     mask_wiring: str = 'official'
     max_pool: str = 'caffe'
     conv_init: str = 'kaiming_normal_fan_out'
+    memory_efficient: bool = False
 
     def validate(self) -> 'ResAttnCfg':
         n = len(self.stage_chs)
@@ -135,6 +142,8 @@ class ResAttnCfg:
             raise ValueError(f'stage_tail_units={self.stage_tail_units} must have one entry per stage ({n} stages)')
         if self.local_mask_units is not None and len(self.local_mask_units) != n:
             raise ValueError(f'local_mask_units={self.local_mask_units} must have one entry per stage ({n})')
+        if not isinstance(self.memory_efficient, bool):
+            raise ConfigError(f'memory_efficient={self.memory_efficient!r} must be True or False')
         return self
 
     def tail_units(self, stage_idx: int) -> int:
@@ -304,6 +313,8 @@ class ResidualAttentionNet(nn.Module):
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
 
         self.init_weights(zero_init_last=zero_init_last)
+        if cfg.memory_efficient:
+            self.set_memory_efficient(True)
 
     @staticmethod
     def _make_attention_module(
@@ -370,6 +381,24 @@ class ResidualAttentionNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_memory_efficient(self, enable: bool = True):
+        """ Switch the memory-lean training path (``ResAttnCfg.memory_efficient``) on or off in place.
+
+        Sets ``memory_efficient`` on every unit and mask head, and wraps (or unwraps) each max-pool in
+        ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
+        """
+        for m in self.modules():
+            if hasattr(m, 'memory_efficient') and isinstance(getattr(m, 'memory_efficient'), bool):
+                m.memory_efficient = enable
+        for parent in list(self.modules()):
+            for child_name, child in list(parent.named_children()):
+                if enable and isinstance(child, nn.MaxPool2d) and not isinstance(parent, LeanMaxPool2d):
+                    setattr(parent, child_name, LeanMaxPool2d(child))
+                elif not enable and isinstance(child, LeanMaxPool2d):
+                    setattr(parent, child_name, child.pool)
+        self.cfg = replace(self.cfg, memory_efficient=enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
