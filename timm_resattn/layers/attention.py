@@ -148,12 +148,13 @@ class MaskHead(nn.Module):
         self.memory_efficient = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.memory_efficient and use_lean_path(self.norm2, x):
-            if isinstance(self.norm1, BatchNormAct2d):
-                x = bn_relu_conv(self.norm1, [self.conv1], x)[0]
-            else:
-                x = self.conv1(self.norm1(x))
-            return self.act(bn_relu_conv(self.norm2, [self.conv2], x)[0])
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
+            if self.memory_efficient and use_lean_path(self.norm2, x):
+                if isinstance(self.norm1, BatchNormAct2d):
+                    x = bn_relu_conv(self.norm1, [self.conv1], x)[0]
+                else:
+                    x = self.conv1(self.norm1(x))
+                return self.act(bn_relu_conv(self.norm2, [self.conv2], x)[0])
         x = self.conv1(self.norm1(x))
         x = self.conv2(self.norm2(x))
         return self.act(x)

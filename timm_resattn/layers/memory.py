@@ -60,7 +60,8 @@ def use_lean_path(norm: nn.Module, x: torch.Tensor) -> bool:
     (not scripted, traced or compiled), no autocast.
     """
     return (
-        isinstance(norm, BatchNormAct2d)
+        not _is_tracing_or_compiling()  # first: the rest reads tensor attributes, which FX proxies can't give
+        and isinstance(norm, BatchNormAct2d)
         and norm.training
         and norm.weight is not None
         and norm.bias is not None
@@ -69,7 +70,6 @@ def use_lean_path(norm: nn.Module, x: torch.Tensor) -> bool:
         and x.dim() == 4
         and _grad_wanted(x, norm)
         and not _autocast_on(x)
-        and not _is_tracing_or_compiling()
     )
 
 
@@ -229,9 +229,10 @@ class LeanMaxPool2d(nn.Module):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-                self.training and x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad
-                and not _autocast_on(x) and not _is_tracing_or_compiling()
-        ):
-            return lean_max_pool2d(x, self.pool)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
+            if (
+                    not _is_tracing_or_compiling() and self.training and x.dim() == 4 and torch.is_grad_enabled()
+                    and x.requires_grad and not _autocast_on(x)
+            ):
+                return lean_max_pool2d(x, self.pool)
         return self.pool(x)

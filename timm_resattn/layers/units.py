@@ -59,8 +59,9 @@ class PreActUnit(nn.Module):
         return first + [self.downsample] if self.downsample is not None else first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.memory_efficient and use_lean_path(self.norm1, x):
-            return self._forward_lean(x)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
+            if self.memory_efficient and use_lean_path(self.norm1, x):
+                return self._forward_lean(x)
         x_preact = self.norm1(x)
         shortcut = x
         if self.downsample is not None:
@@ -174,10 +175,11 @@ class NeXtBottleneck(nn.Module):
         if self.downsample is not None:
             shortcut = self.downsample(x)
         x = self.conv1(x)
-        if not torch.jit.is_scripting() and self.memory_efficient and use_lean_path(self.norm1, x):
-            x = bn_relu_conv(self.norm1, [self.conv2], x)[0]
-            x = self.norm3(bn_relu_conv(self.norm2, [self.conv3], x)[0])
-            return self.act(self.drop_path(x) + shortcut)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
+            if self.memory_efficient and use_lean_path(self.norm1, x):
+                x = bn_relu_conv(self.norm1, [self.conv2], x)[0]
+                x = self.norm3(bn_relu_conv(self.norm2, [self.conv3], x)[0])
+                return self.act(self.drop_path(x) + shortcut)
         x = self.conv2(self.norm1(x))
         x = self.norm3(self.conv3(self.norm2(x)))
         return self.act(self.drop_path(x) + shortcut)
