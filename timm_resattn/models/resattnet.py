@@ -390,7 +390,7 @@ class ResidualAttentionNet(nn.Module):
         ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
         """
         for m in self.modules():
-            if hasattr(m, 'memory_efficient') and isinstance(getattr(m, 'memory_efficient'), bool):
+            if isinstance(getattr(m, 'memory_efficient', None), bool):
                 m.memory_efficient = enable
         for parent in list(self.modules()):
             for child_name, child in list(parent.named_children()):
