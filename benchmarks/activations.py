@@ -163,7 +163,8 @@ def activation_markdown(rows: List[Dict[str, Any]]) -> List[str]:
         'per storage, parameters excluded): deterministic and device-independent. *grad ckpt* = '
         '``set_grad_checkpointing()`` (stage-level); *lean* = ``memory_efficient=True``. Max batch = the largest '
         f"batch whose activations + weights + grads + SGD momentum fit {r0['budget_gib']:g} GiB (an estimate: "
-        'transient backward buffers come on top).',
+        'transient backward buffers come on top; with grad ckpt, backward also re-materialises one checkpointed '
+        'block at a time, so that column is optimistic).',
         '',
     ]
     head = ['model'] + [f'{v} MiB/img' for v in VARIANTS] + [f'{v} max batch' for v in VARIANTS]
