@@ -19,6 +19,9 @@ Two small autograd functions, used by the residual units and the mask branches w
   flat indices and nothing of its input (1/8 of the indices' bytes; the channels_last copy made by the CPU fast path
   is not kept either). Backward rebuilds the flat indices and calls aten's ``max_pool2d_with_indices_backward``.
 
+The price is compute: every BN-ReLU runs twice (statistics included), which costs a training step about 1.0-1.3x
+on CPU (measured interleaved with ``benchmarks/lean_speed.py`` on a shared 2-core VM; not yet measured on a GPU).
+
 Both take the plain path (bit-identical, no overhead) in eval mode, under ``torch.no_grad()``, TorchScript, FX
 tracing, ``torch.compile`` (whose partitioner makes its own recompute decisions) and autocast (not handled here:
 the plain path runs, so AMP still works, without this saving).

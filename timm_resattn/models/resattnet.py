@@ -88,6 +88,10 @@ class ResAttnCfg:
             only BN's input and recomputes the ReLU output in backward, the max-pools keep a uint8 argmax. Same
             outputs (bit-identical), same gradients (up to fp32 summation order), same running stats; eval,
             no-grad, TorchScript, FX, ``torch.compile`` and autocast take the plain path. Not part of the paper.
+            Saved activations at 224 (fp32, per image): Attention-56 157 -> 81 MiB, Attention-92 224 -> 115 MiB
+            (``benchmarks/activations.py``). Off by default: the backward recomputes every BN-ReLU, and a training
+            step measured ~1.0-1.27x the plain step's time on a shared 2-core CPU (``benchmarks/lean_speed.py``),
+            over the 5% allowed for a default.
     """
     unit: str = 'preact'
     stem_type: str = 'imagenet'
