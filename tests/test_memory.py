@@ -232,3 +232,23 @@ def test_torchscript_fx_and_compile_with_the_switch_on(one_thread):
     compiled(torch.randn(2, *size)).mean().backward()
     assert all(p.grad is not None for p in model.parameters())
     torch._dynamo.reset()
+
+
+def test_ddp_single_process(tmp_path, one_thread):
+    """ DDP's gradient hooks fire for parameters used inside the memory-lean autograd functions. """
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    plain, lean, size = _pair('resattnet56_cifar')
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        ddp = DDP(lean)
+        x = torch.randn(2, *size)
+        out_ddp, out_plain = ddp(x), plain(x)
+        assert torch.equal(out_ddp, out_plain)
+        out_ddp.sum().backward()
+        out_plain.sum().backward()
+        for (n, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
+    finally:
+        dist.destroy_process_group()
