@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .activations import activation_markdown
+
 __all__ = ['CSV_COLUMNS', 'write_csv', 'write_json', 'write_markdown', 'write_plot', 'OUTPUT_FILES']
 
 OUTPUT_FILES = {
@@ -20,6 +22,7 @@ CSV_COLUMNS = [
     'model', 'kind', 'mode', 'params_m', 'gmacs', 'img_s_median', 'img_s_min', 'img_s_max', 'ms_per_step_median',
     'peak_mem_mib', 'peer', 'speedup_vs_peer', 'mac_ratio_peer_over_ours', 'device', 'device_name', 'precision',
     'batch_size', 'img_size', 'channels_last', 'compile', 'fuse_bn', 'threads', 'repeats', 'iters', 'warmup',
+    'saved_act_mib_per_img',
 ]
 
 
@@ -73,6 +76,9 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
         head += [f'{mode} img/s', f'{mode} ms/step']
     for mode in modes:
         head.append(f'{mode} peak MiB')
+    show_saved = bool(data.get('activations'))
+    if show_saved:
+        head.append('saved act. MiB/img')
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for name, info in models.items():
         cells = [f"`{name}`", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e9:.2f}"]
@@ -81,6 +87,9 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
             cells += [_fmt(r.get('img_s_median'), '.2f'), _fmt(r.get('ms_per_step_median'), '.1f')]
         for mode in modes:
             cells.append(_fmt(by_key.get((name, mode), {}).get('peak_mem_mib'), '.0f'))
+        if show_saved:
+            cells.append(_fmt(next((r['saved_mib_per_img'] for r in data['activations']
+                                    if r['model'] == name and r['variant'] == 'plain'), None), '.1f'))
         lines.append('| ' + ' | '.join(cells) + ' |')
 
     ours = [n for n, info in models.items() if info['kind'] == 'ours' and info.get('peer')]
@@ -102,6 +111,8 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
                 cells.append(_fmt(by_key.get((name, mode), {}).get('speedup_vs_peer'), '.2f') + 'x')
             cells.append(f"{models[name]['mac_ratio']:.2f}x")
             lines.append('| ' + ' | '.join(cells) + ' |')
+    if data.get('activations'):
+        lines += [''] + activation_markdown(data['activations'])
     path.write_text('\n'.join(lines) + '\n')
 
 

@@ -33,6 +33,7 @@ from .common import (
     MODES, PRECISIONS, REPO_ROOT, BenchConfig, Step, count_macs, count_params, create_model, environment, make_step,
     synchronize,
 )
+from .activations import activation_rows
 from .report import OUTPUT_FILES, write_csv, write_json, write_markdown, write_plot
 
 __all__ = ['main', 'parse_args', 'OUR_MODELS', 'DEFAULT_PEERS', 'PEER_OF']
@@ -88,6 +89,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='output folder (default: benchmarks/results/<device>_<precision>_b<batch>_<img>)')
     p.add_argument('--no-memory', action='store_true', help='skip the per-model peak-memory subprocesses')
     p.add_argument('--memory-steps', type=int, default=2, help='steps per mode in the peak-memory subprocess')
+    p.add_argument('--no-activations', action='store_true',
+                   help='skip the saved-activation-bytes table (benchmarks/activations.py; CPU, fp32, deterministic)')
+    p.add_argument('--memory-budget-gib', type=float, default=16.,
+                   help='memory budget of the "largest batch that fits" column of the saved-activations table')
     p.add_argument('--no-plot', action='store_true', help='skip the PNG plot (no matplotlib needed)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar (per-step lines are still printed)')
     p.add_argument('--seed', type=int, default=0)
@@ -195,6 +200,11 @@ def _measure_memory(name: str, args: argparse.Namespace, cfg: BenchConfig) -> Di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _create_cpu(name: str, **kwargs):
+    """ ``common.create_model`` with model kwargs (``memory_efficient=True`` for the lean rows). """
+    return timm.create_model(name, pretrained=False, num_classes=1000, **kwargs)
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """ Run the benchmark described by ``args`` (see ``parse_args``) and write the outputs; returns the JSON data. """
     if args.threads:
@@ -257,6 +267,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             print(f'peak memory: {name} ...', file=sys.stderr, flush=True)
             memory[name] = _measure_memory(name, args, cfg)
 
+    activations: List[Dict[str, Any]] = []
+    if not args.no_activations:
+        print('saved activations ...', file=sys.stderr, flush=True)
+        activations = activation_rows(names, ours, args.img_size, args.memory_budget_gib, create_model=_create_cpu)
+    saved_plain = {r['model']: r['saved_mib_per_img'] for r in activations if r['variant'] == 'plain'}
+
     rows: List[Dict[str, Any]] = []
     results: List[Dict[str, Any]] = []
     medians = {k: statistics.median(args.batch_size * args.iters / t for t in v) for k, v in times.items()}
@@ -280,6 +296,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             'batch_size': args.batch_size, 'img_size': args.img_size, 'channels_last': args.channels_last,
             'compile': args.compile, 'fuse_bn': args.fuse_bn, 'threads': env['threads'],
             'repeats': args.repeats, 'iters': args.iters, 'warmup': args.warmup,
+            'saved_act_mib_per_img': saved_plain.get(name),
         }
         rows.append(row)
         results.append({
@@ -306,6 +323,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         'models': models,
         'results': results,
         'rows': rows,
+        'activations': activations,
     }
     out = args.out
     write_csv(rows, out / OUTPUT_FILES['csv'])

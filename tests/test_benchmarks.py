@@ -61,6 +61,15 @@ def test_benchmark_end_to_end(tmp_path):
     assert '| `resattnet56` | `resnet18` |' in md
     assert 'MAC ratio' in md and 'infer speed-up' in md and 'train speed-up' in md
 
+    # saved-activation bytes (deterministic): ours in four variants, the peer without/with grad checkpointing
+    acts = {(r['model'], r['variant']): r for r in data['activations']}
+    assert set(acts) == {('resattnet56', v) for v in ('plain', 'grad_ckpt', 'lean', 'lean+grad_ckpt')} | {
+        ('resnet18', 'plain'), ('resnet18', 'grad_ckpt')}
+    assert acts[('resattnet56', 'lean')]['saved_mib_per_img'] < acts[('resattnet56', 'plain')]['saved_mib_per_img']
+    assert acts[('resattnet56', 'lean')]['max_batch_in_budget'] > acts[('resattnet56', 'plain')]['max_batch_in_budget']
+    assert all(float(r['saved_act_mib_per_img']) > 0 for r in rows)
+    assert '## Saved activations' in md and 'saved act. MiB/img' in md
+
     assert (out / OUTPUT_FILES['png']).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

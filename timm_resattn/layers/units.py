@@ -17,12 +17,14 @@ stage's own. The default 1 builds the official layout; parameter shapes never de
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 
 from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
+
+from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
     'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
@@ -38,10 +40,12 @@ class PreActUnit(nn.Module):
         out = residual(a) + conv1x1(a, stride)              # downsample: reads the pre-activated input, no BN
 
     Subclasses build their layers between ``_init_input_norm`` and ``_init_shortcut`` (which keeps the official
-    parameter order) and implement ``residual``.
+    parameter order) and implement ``residual`` (and ``_forward_lean``, the same computation through
+    ``layers.memory.bn_relu_conv``, used in training when ``memory_efficient`` is set).
     """
 
     def _init_input_norm(self, in_chs: int, act_layer: LayerType, norm_layer: Type[nn.Module], dd: dict) -> None:
+        self.memory_efficient = False
         self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
 
     def _init_shortcut(self, in_chs: int, out_chs: int, stride: int, drop_path_rate: float, dd: dict) -> None:
@@ -54,7 +58,16 @@ class PreActUnit(nn.Module):
     def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _input_convs(self, first: List[nn.Module]) -> List[nn.Module]:
+        return first + [self.downsample] if self.downsample is not None else first
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
+            if self.memory_efficient and use_lean_path(self.norm1, x):
+                return self._forward_lean(x)
         x_preact = self.norm1(x)
         shortcut = x
         if self.downsample is not None:
@@ -112,6 +125,12 @@ class PreActBottleneck(PreActUnit):
         x = self.conv2(self.norm2(x))
         return self.conv3(self.norm3(x))
 
+    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        outs = bn_relu_conv(self.norm1, self._input_convs([self.conv1]), x)
+        y = bn_relu_conv(self.norm2, [self.conv2], outs[0])[0]
+        y = bn_relu_conv(self.norm3, [self.conv3], y)[0]
+        return self.drop_path(y) + (outs[1] if self.downsample is not None else x)
+
 
 class NeXtBottleneck(nn.Module):
     """ Post-activation ResNeXt bottleneck unit (Xie et al. 2017), as in the official AttentionNeXt files.
@@ -162,6 +181,7 @@ class NeXtBottleneck(nn.Module):
             self.downsample = None
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.act = get_act_layer(act_layer)(inplace=True)
+        self.memory_efficient = False
 
     def zero_init_last(self):
         nn.init.zeros_(self.norm3.weight)
@@ -171,6 +191,11 @@ class NeXtBottleneck(nn.Module):
         if self.downsample is not None:
             shortcut = self.downsample(x)
         x = self.conv1(x)
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
+            if self.memory_efficient and use_lean_path(self.norm1, x):
+                x = bn_relu_conv(self.norm1, [self.conv2], x)[0]
+                x = self.norm3(bn_relu_conv(self.norm2, [self.conv3], x)[0])
+                return self.act(self.drop_path(x) + shortcut)
         x = self.conv2(self.norm1(x))
         x = self.norm3(self.conv3(self.norm2(x)))
         return self.act(self.drop_path(x) + shortcut)
@@ -238,6 +263,15 @@ class PreActInceptionUnit(PreActUnit):
     def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.branch0(x_preact), self.branch1(x_preact), self.branch2(x_preact)], dim=1)
         return self.conv_merge(self.norm2(x))
+
+    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
+        # branch order reversed: the input gradient then sums in the order autograd's plain backward sums it
+        outs = bn_relu_conv(self.norm1, self._input_convs([self.branch2[0], self.branch1[0], self.branch0]), x)
+        b1 = bn_relu_conv(self.branch1[1], [self.branch1[2]], outs[1])[0]
+        b2 = bn_relu_conv(self.branch2[1], [self.branch2[2]], outs[0])[0]
+        b2 = bn_relu_conv(self.branch2[3], [self.branch2[4]], b2)[0]
+        y = bn_relu_conv(self.norm2, [self.conv_merge], torch.cat([outs[2], b1, b2], dim=1))[0]
+        return self.drop_path(y) + (outs[3] if self.downsample is not None else x)
 
 
 _UNITS: Dict[str, Callable[..., nn.Module]] = {}

@@ -72,6 +72,14 @@ class ResAttnCfg:
             ``'torch'`` (padding 1, floor mode; pytorchcv).
         conv_init: Conv weight init for training from scratch: ``'kaiming_normal_fan_out'`` (timm's ResNet
             convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
+        memory_efficient: Keep fewer tensors for backward in training (``layers.memory``): each BN-ReLU-conv keeps
+            only BN's input and recomputes the ReLU output in backward, the max-pools keep a uint8 argmax. Same
+            outputs (bit-identical), same gradients (up to fp32 summation order), same running stats; eval,
+            no-grad, TorchScript, FX, ``torch.compile`` and autocast take the plain path. Not part of the paper.
+            Saved activations at 224 (fp32, per image): Attention-56 157 -> 81 MiB, Attention-92 224 -> 115 MiB
+            (``benchmarks/activations.py``). Off by default: the backward recomputes every BN-ReLU, and a training
+            step measured ~1.0-1.27x the plain step's time on a shared 2-core CPU (``benchmarks/lean_speed.py``),
+            over the 5% allowed for a default.
     """
     unit: str = 'preact'
     stem_type: Literal['imagenet', 'cifar'] = 'imagenet'
@@ -94,9 +102,10 @@ class ResAttnCfg:
     mask_wiring: Literal['official', 'pytorchcv'] = 'official'
     max_pool: Literal['caffe', 'torch'] = 'caffe'
     conv_init: Literal['kaiming_normal_fan_out', 'kaiming_uniform_fan_in'] = 'kaiming_normal_fan_out'
+    memory_efficient: bool = False
 
     # fields that change how the net is trained or run, not what it computes (not recorded with its weights)
-    NON_FUNCTIONAL = ('conv_init',)
+    NON_FUNCTIONAL = ('conv_init', 'memory_efficient')
 
     @classmethod
     def from_overrides(cls, base: 'ResAttnCfg', overrides: Dict[str, Any]) -> 'ResAttnCfg':
@@ -232,8 +241,9 @@ class ResAttnCfg:
         choice('mask_wiring', MASK_WIRINGS)
         choice('max_pool', MAX_POOLS)
         choice('conv_init', CONV_INITS)
-        if not isinstance(self.attention_residual, bool):
-            fail('attention_residual', 'True or False (a bool; strings like "false" are not accepted)')
+        for name in ('attention_residual', 'memory_efficient'):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, 'True or False (a bool; strings like "false" are not accepted)')
         integer('stem_chs', 1)
         integer('p', 0)
         integer('t', 1)

@@ -17,6 +17,7 @@ on the larger maps as at a larger input, so the mask sees less context relative 
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
+import dataclasses
 import json
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -37,6 +38,7 @@ from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state
 from ..layers.attention import (
     AttentionModule, EncoderDecoderMask, LocalConvMask, PytorchcvEncoderDecoderMask, create_max_pool,
 )
+from ..layers.memory import LeanMaxPool2d
 from ..layers.units import create_unit, unit_preactivates_input
 from ..weights import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_state_dict, has_weights, load_checked, no_weights_error
 from .config import ResAttnCfg
@@ -209,6 +211,8 @@ class ResidualAttentionNet(nn.Module):
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
 
         self.init_weights(zero_init_last=zero_init_last)
+        if cfg.memory_efficient:
+            self.set_memory_efficient(True)
 
     @staticmethod
     def _make_attention_module(
@@ -310,6 +314,24 @@ class ResidualAttentionNet(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         """ Enable or disable activation checkpointing of each stage's blocks during training. """
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_memory_efficient(self, enable: bool = True):
+        """ Switch the memory-lean training path (``ResAttnCfg.memory_efficient``) on or off in place.
+
+        Sets ``memory_efficient`` on every unit and mask head, and wraps (or unwraps) each max-pool in
+        ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
+        """
+        for m in self.modules():
+            if isinstance(getattr(m, 'memory_efficient', None), bool):
+                m.memory_efficient = enable
+        for parent in list(self.modules()):
+            for child_name, child in list(parent.named_children()):
+                if enable and isinstance(child, nn.MaxPool2d) and not isinstance(parent, LeanMaxPool2d):
+                    setattr(parent, child_name, LeanMaxPool2d(child))
+                elif not enable and isinstance(child, LeanMaxPool2d):
+                    setattr(parent, child_name, child.pool)
+        self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
