@@ -57,7 +57,8 @@ CIFAR = 'resattnet56_cifar'
 def test_every_config_field_is_checked(kwargs, field):
     with pytest.raises(ConfigError, match=field) as e:
         timm.create_model(CIFAR, **kwargs)
-    assert isinstance(e.value, ValueError) and 'expected' in str(e.value) or 'stage' in str(e.value)
+    assert isinstance(e.value, ValueError)
+    assert 'expected' in str(e.value) or 'needs' in str(e.value), e.value
 
 
 def test_bool_switch_is_respected():

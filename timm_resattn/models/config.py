@@ -227,7 +227,7 @@ class ResAttnCfg:
 
         def integer(name: str, minimum: int) -> None:
             if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
-                fail(name, f'an int >= {minimum}')
+                fail(name, f'{name} >= {minimum} (an int)')
 
         def per_stage(name: str, minimum: int, value=None) -> None:
             value = getattr(self, name) if value is None else value
@@ -276,7 +276,7 @@ class ResAttnCfg:
         for i, (modules, levels) in enumerate(zip(self.stage_modules, self.mask_levels)):
             if modules and self.mask_type == 'encoder_decoder' and levels < 1:
                 raise ConfigError(f'mask_levels={self.mask_levels!r} is invalid: stage {i} has Attention Modules, '
-                                  f'and an encoder-decoder mask needs at least one level there')
+                                  f'and an encoder-decoder mask needs mask_levels >= 1 there')
         if self.mask_wiring != 'official' and self.mask_type != 'encoder_decoder':
             raise ConfigError(f"mask_wiring={self.mask_wiring!r} only applies to mask_type='encoder_decoder'")
         self.min_input_size()
