@@ -271,8 +271,8 @@ class ResAttnCfg:
                 fail('bottle_ratio', f'a ratio that gives every unit at least {min_width} channel(s) (stage width '
                                      f'{chs} x {ratio} = {chs * ratio:g})')
             if self.unit != 'inception' and width % self.groups:
-                raise ConfigError(f'groups={self.groups} is invalid: the 3x3 conv width {width} (stage width {chs} '
-                                  f'x bottle_ratio {ratio}) is not divisible by it')
+                raise ConfigError(f'groups={self.groups} is invalid: expected a divisor of the 3x3 conv width {width} '
+                                  f'(stage width {chs} x bottle_ratio {ratio})')
         for i, (modules, levels) in enumerate(zip(self.stage_modules, self.mask_levels)):
             if modules and self.mask_type == 'encoder_decoder' and levels < 1:
                 raise ConfigError(f'mask_levels={self.mask_levels!r} is invalid: stage {i} has Attention Modules, '
