@@ -24,6 +24,8 @@ import torch.nn as nn
 
 from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
 
+from ..errors import check_choice
+
 from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
@@ -305,8 +307,7 @@ def unit_preactivates_input(name: str) -> bool:
 
 
 def create_unit(name: str, in_chs: int, out_chs: int, **kwargs) -> nn.Module:
-    if name not in _UNITS:
-        raise ValueError(f"unit={name!r} is not a known residual unit; expected one of {sorted(_UNITS)}")
+    check_choice('unit', name, registered_units())
     return _UNITS[name](in_chs, out_chs, **kwargs)
 
 

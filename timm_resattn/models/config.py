@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_choice
 from ..layers.attention import MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS
 from ..layers.units import registered_units
 
@@ -222,8 +222,7 @@ class ResAttnCfg:
             raise ConfigError(f'{name}={getattr(self, name)!r} is invalid: expected {expected}')
 
         def choice(name: str, choices) -> None:
-            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
-                fail(name, f"one of {', '.join(repr(c) for c in choices)}")
+            check_choice(name, getattr(self, name), choices)
 
         def integer(name: str, minimum: int) -> None:
             if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
