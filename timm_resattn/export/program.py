@@ -29,7 +29,9 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 
-__all__ = ['export_program', 'dynamic_shapes', 'resolve_size_range', 'model_in_chans', 'DEFAULT_MAX_SIZE']
+__all__ = [
+    'export_program', 'dynamic_shapes', 'resolve_size_range', 'export_min_size', 'model_in_chans', 'DEFAULT_MAX_SIZE',
+]
 
 DEFAULT_MAX_SIZE = 1024
 
@@ -42,15 +44,55 @@ def model_in_chans(model: nn.Module) -> int:
     raise ConfigError(f'{type(model).__name__} has no Conv2d to read its input channels from')
 
 
+def _upsampling_targets_ok(cfg, size: int) -> bool:
+    """ True if at input ``size`` every map the mask branches upsample to is at least 2 pixels wide (and every
+    max-pool has an output). ``F.interpolate(..., align_corners=True)`` computes its scale as
+    ``(in - 1) / (out - 1)`` only for ``out > 1`` (else 0): a program traced with symbolic sizes holds one of the
+    two formulas, so a size range must not contain both.
+    """
+    from ..models.resattnet import _pool_out
+    if cfg.stem_type == 'imagenet':
+        size = _pool_out((size + 1) // 2, cfg.max_pool)
+    for stride, modules, levels in zip(cfg.stage_strides, cfg.stage_modules, cfg.mask_levels):
+        size = (size + stride - 1) // stride
+        if size < 1:
+            return False
+        if modules and cfg.mask_type == 'encoder_decoder':
+            h = size
+            for _ in range(levels):
+                if h < 2:  # the trunk size and every level above the deepest are upsampling targets
+                    return False
+                h = _pool_out(h, cfg.max_pool)
+                if h < 1:
+                    return False
+    return True
+
+
+def export_min_size(model: nn.Module) -> Optional[int]:
+    """ The smallest input height/width an exported program of ``model`` can accept: ``model.min_input_size``,
+    raised where needed so that no mask upsampling outputs a 1-pixel side (see ``_upsampling_targets_ok``; only
+    ``resattnet56_pcv``'s padded pools get there: 17 instead of 1). None for a model without ``min_input_size``.
+    """
+    model_min = getattr(model, 'min_input_size', None)
+    cfg = getattr(model, 'cfg', None)
+    if model_min is None or cfg is None or not hasattr(cfg, 'mask_levels'):
+        return model_min
+    for size in range(int(model_min), 4097):
+        if _upsampling_targets_ok(cfg, size):
+            return size
+    return int(model_min)
+
+
 def resolve_size_range(model: nn.Module, min_size: Optional[int] = None, max_size: int = DEFAULT_MAX_SIZE) -> Tuple[
         int, int]:
     """ Check and complete the ``(min_size, max_size)`` range of input heights/widths an export accepts.
 
-    ``min_size`` defaults to the model's ``min_input_size`` (the smallest input all its max-pools accept); a smaller
-    value than that is refused, as is ``max_size < min_size``. A model without ``min_input_size`` (a timm peer, for
-    the benchmarks) needs ``min_size`` given explicitly.
+    ``min_size`` defaults to ``export_min_size(model)`` (the model's ``min_input_size``, the smallest input all its
+    max-pools accept, for every registered net but ``resattnet56_pcv``); a smaller value than that is refused, as
+    is ``max_size < min_size``. A model without ``min_input_size`` (a timm peer, for the benchmarks) needs
+    ``min_size`` given explicitly.
     """
-    model_min = getattr(model, 'min_input_size', None)
+    model_min = export_min_size(model)
     if min_size is None:
         if model_min is None:
             raise ConfigError(
@@ -62,8 +104,9 @@ def resolve_size_range(model: nn.Module, min_size: Optional[int] = None, max_siz
         raise ConfigError(f'min_size must be a positive integer, got {min_size!r}')
     if model_min is not None and min_size < model_min:
         raise ConfigError(
-            f'min_size={min_size} is below the minimum input size {model_min} of this network (its mask '
-            f'branches max-pool the feature maps down to 1x1); expected min_size >= {model_min}'
+            f'min_size={min_size} is below the smallest input size {model_min} this network exports at '
+            f'(its min_input_size is {model.min_input_size}; see timm_resattn.export.program.export_min_size); '
+            f'expected min_size >= {model_min}'
         )
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < min_size:
         raise ConfigError(f'max_size must be an integer >= min_size={min_size}, got {max_size!r}')
