@@ -1,7 +1,9 @@
-""" Deployment: ``torch.export`` programs and ONNX files with a dynamic batch, height and width.
+""" Deployment: ``torch.export`` programs, ONNX files and AOTInductor packages with a dynamic batch, height and
+width.
 
 The ONNX functions need the ``export`` extra (onnx, onnxscript; onnxruntime to verify); they import it when called.
 """
+from .aoti import compile_aoti, load_aoti
 from .onnx import export_onnx, require_onnx, verify_onnx
 from .program import (
     DEFAULT_MAX_SIZE, dynamic_shapes, export_min_size, export_program, model_in_chans, resolve_size_range,
@@ -9,5 +11,5 @@ from .program import (
 
 __all__ = [
     'export_program', 'dynamic_shapes', 'export_min_size', 'resolve_size_range', 'model_in_chans', 'DEFAULT_MAX_SIZE',
-    'export_onnx', 'verify_onnx', 'require_onnx',
+    'export_onnx', 'verify_onnx', 'require_onnx', 'compile_aoti', 'load_aoti',
 ]

@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..errors import CommandError, ConfigError, MissingFileError
 from .program import DEFAULT_MAX_SIZE, export_program, model_in_chans, resolve_size_range
 
-__all__ = ['export_onnx', 'verify_onnx', 'require_onnx', 'DEFAULT_OPSET']
+__all__ = ['export_onnx', 'verify_onnx', 'require_onnx', 'fuse_pad_into_max_pool', 'DEFAULT_OPSET']
 
 DEFAULT_OPSET = 18
 INPUT_NAME = 'input'
@@ -56,6 +56,59 @@ def _check_path(path: Union[str, os.PathLike]) -> Path:
     return path
 
 
+def fuse_pad_into_max_pool(proto) -> int:
+    """ Fold each ``Pad(-inf, right/bottom only) -> MaxPool`` pair of ``proto`` (in place) into one ``MaxPool``
+    with ``pads=[0, 0, b, r]``; returns the number of pairs folded.
+
+    The exported Caffe pools are ``max_pool_padded`` (a ``-inf`` pad then a floor-mode pool); ONNX's ``MaxPool``
+    pads with values that never win the max, so the folded pool computes the same outputs without the copy of its
+    input that the ``Pad`` makes. A ``Pad`` whose output has another consumer or whose pads/value are not constant
+    initializers is left as it is.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: Dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    removed = []
+    for node in graph.node:
+        if node.op_type != 'Pad' or len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+            continue
+        mode = next((helper.get_attribute_value(a) for a in node.attribute if a.name == 'mode'), b'constant')
+        pads = numpy_helper.to_array(inits[node.input[1]])
+        value = numpy_helper.to_array(inits[node.input[2]])
+        users = consumers.get(node.output[0], [])
+        if (mode != b'constant' or pads.shape != (8,) or np.any(pads[:6] != 0) or np.any(pads < 0)
+                or not (value.size == 1 and np.isneginf(value).all()) or node.output[0] in graph_outputs
+                or not users or any(u.op_type != 'MaxPool' for u in users)):
+            continue
+        ok = True
+        for u in users:
+            attrs = {a.name: helper.get_attribute_value(a) for a in u.attribute}
+            if (attrs.get('auto_pad', b'NOTSET') != b'NOTSET' or any(attrs.get('pads', [0, 0, 0, 0]))
+                    or len(u.output) != 1):
+                ok = False
+        if not ok:
+            continue
+        for u in users:
+            kept = [a for a in u.attribute if a.name != 'pads']
+            del u.attribute[:]
+            u.attribute.extend(kept + [helper.make_attribute('pads', [0, 0, int(pads[6]), int(pads[7])])])
+            u.input[0] = node.input[0]
+        removed.append(node)
+    for node in removed:
+        graph.node.remove(node)
+    if removed:  # the pads / value initializers no node reads any more
+        used = {name for node in graph.node for name in node.input}
+        for init in [t for t in graph.initializer if t.name not in used]:
+            graph.initializer.remove(init)
+    return len(removed)
+
+
 def export_onnx(
         model: nn.Module,
         path: Union[str, os.PathLike],
@@ -81,7 +134,8 @@ def export_onnx(
         max_size: Largest height/width (default 1024).
         dynamic_batch: Symbolic batch dimension (else batch 1).
         opset: ONNX opset version (default 18).
-        optimize: Run the exporter's ONNX graph optimisation (constant folding, redundant-op removal).
+        optimize: Run the exporter's ONNX graph optimisation (constant folding, redundant-op removal), then fold
+            the Caffe pools' ``-inf`` pads into their ``MaxPool`` s (``fuse_pad_into_max_pool``).
         program: An ``ExportedProgram`` of ``model`` from ``export_program`` to translate instead of exporting
             again (``min_size``/``max_size``/``dynamic_batch`` are then those it was exported with).
 
@@ -107,9 +161,11 @@ def export_onnx(
         verbose=False,
     )
     import onnx
+    proto = onnx_program.model_proto
+    if optimize:
+        fuse_pad_into_max_pool(proto)
     meta = {'min_input_size': str(min_size), 'max_input_size': str(max_size), 'input_layout': 'NCHW',
             'producer': 'timm_resattn.export.export_onnx'}
-    proto = onnx_program.model_proto
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
