@@ -6,9 +6,10 @@ import contextlib
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,11 +26,15 @@ register_timm_peers()  # --fuse-bn folds the ResNet peers' BNs like ours
 
 __all__ = [
     'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',
-    'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT',
+    'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT', 'RUNTIMES',
+    'make_runtime_step',
 ]
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 MODES = ('infer', 'train')
+# how a model runs: eager PyTorch, its torch.export program (``ExportedProgram.module()``), or its ONNX file in
+# onnxruntime (CPU); the last two for inference only
+RUNTIMES = ('eager', 'export', 'onnxruntime')
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -189,3 +194,71 @@ def environment(device: str) -> Dict[str, Any]:
     else:
         env['device_name'] = env['cpu_model']
     return env
+
+
+def make_runtime_step(
+        model: nn.Module,
+        runtime: str,
+        cfg: BenchConfig,
+        workdir: Optional[Path] = None,
+        programs: Optional[Dict[int, Any]] = None,
+) -> Tuple[Step, float]:
+    """ An inference ``Step`` of ``model`` in a deployed ``runtime`` (see ``RUNTIMES``), and the seconds its set-up
+    (export, ONNX translation, session creation) took.
+
+    * ``export``: ``timm_resattn.export.export_program`` (torch.export, dynamic batch/height/width) run through
+      ``ExportedProgram.module()``: the exported ATen graph executed op by op by PyTorch, no compiler.
+    * ``onnxruntime``: that program written by ``export_onnx`` to ``workdir`` and run by an onnxruntime
+      ``InferenceSession`` (CPU provider, all graph optimisations, as many intra-op threads as torch uses).
+
+    Our nets export from their minimum input size, the peers (no ``min_input_size``) from 32 px; up to
+    ``max(1024, img_size)``. BN is folded first with ``cfg.fuse_bn``. ``programs`` caches the ExportedProgram per
+    model (by ``id``) so both runtimes share one export.
+    """
+    from timm_resattn.export import export_onnx, export_program
+    if runtime == 'eager':
+        t0 = time.perf_counter()
+        step = make_step(model, 'infer', cfg)
+        return step, time.perf_counter() - t0
+    if runtime not in RUNTIMES:
+        raise ValueError(f'runtime={runtime!r}; expected one of {RUNTIMES}')
+    if cfg.precision != 'fp32' or cfg.channels_last or cfg.compile:
+        raise ValueError('the export and onnxruntime runtimes are benchmarked in fp32, contiguous, not compiled')
+    device = torch.device(cfg.device)
+    model = model.to(device=device).eval()
+    programs = {} if programs is None else programs
+    t0 = time.perf_counter()
+    if id(model) not in programs:
+        src = fuse_bn(model, inplace=False) if cfg.fuse_bn else model
+        sizes = {'min_size': None if hasattr(src, 'min_input_size') else 32, 'max_size': max(1024, cfg.img_size)}
+        programs[id(model)] = src, export_program(src, **sizes), sizes
+    src, ep, sizes = programs[id(model)]
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, device=device)
+    if runtime == 'export':
+        fwd = ep.module()
+
+        def export_step() -> None:
+            with torch.no_grad():
+                fwd(x)
+
+        return Step(model, False, export_step), time.perf_counter() - t0
+
+    if device.type != 'cpu':
+        raise ValueError('the onnxruntime runtime is benchmarked on the CPU only')
+    import onnxruntime as ort
+    if workdir is None:
+        raise ValueError('the onnxruntime runtime needs a workdir for the ONNX file')
+    path = Path(workdir) / f'{type(model).__name__}_{id(model)}.onnx'
+    export_onnx(src, path, program=ep, **sizes)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+
+    def ort_step() -> None:
+        sess.run(None, feed)
+
+    return Step(model, False, ort_step), time.perf_counter() - t0
+

@@ -19,9 +19,10 @@ OUTPUT_FILES = {
 }
 
 CSV_COLUMNS = [
-    'model', 'kind', 'mode', 'params_m', 'gmacs', 'img_s_median', 'img_s_min', 'img_s_max', 'ms_per_step_median',
-    'peak_mem_mib', 'peer', 'speedup_vs_peer', 'mac_ratio_peer_over_ours', 'device', 'device_name', 'precision',
-    'batch_size', 'img_size', 'channels_last', 'compile', 'fuse_bn', 'threads', 'repeats', 'iters', 'warmup',
+    'model', 'kind', 'mode', 'runtime', 'params_m', 'gmacs', 'img_s_median', 'img_s_min', 'img_s_max',
+    'ms_per_step_median', 'peak_mem_mib', 'peer', 'speedup_vs_peer', 'mac_ratio_peer_over_ours', 'device',
+    'device_name', 'precision', 'batch_size', 'img_size', 'channels_last', 'compile', 'fuse_bn', 'threads',
+    'repeats', 'iters', 'warmup',
     'saved_act_mib_per_img',
 ]
 
@@ -45,11 +46,20 @@ def write_json(data: Dict[str, Any], path: Path) -> None:
         f.write('\n')
 
 
+def _run_label(mode: str, runtime: str) -> str:
+    return mode if runtime == 'eager' else f'{mode} [{runtime}]'
+
+
 def write_markdown(data: Dict[str, Any], path: Path) -> None:
-    """ The results table of every model, then each of our nets against its ResNet peer. """
+    """ The results table of every model, then each of our nets against its ResNet peer, one column per
+    (mode, runtime) run.
+    """
     cfg, env, modes = data['config'], data['env'], data['config']['modes']
+    runs = [tuple(r) for r in cfg.get('runs', [(m, 'eager') for m in modes])]
+    deployed = list(dict.fromkeys(rt for _, rt in runs if rt != 'eager'))
     models, rows = data['models'], data['rows']
-    by_key = {(r['model'], r['mode']): r for r in rows}
+    by_key = {(r['model'], r['mode'], r.get('runtime', 'eager')): r for r in rows}
+    eager_modes = [m for m, rt in runs if rt == 'eager']
     opts = [cfg['precision']]
     if cfg['channels_last']:
         opts.append('channels_last')
@@ -71,25 +81,39 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
            if env.get('loadavg_1min_start') is not None and cfg['device'] == 'cpu' else ''),
         '',
     ]
+    if deployed:
+        lines += [
+            'Runtimes: `eager` = the PyTorch model; `export` = its `torch.export` program (dynamic batch/height/width, '
+            '`timm_resattn.export.export_program`) run by `ExportedProgram.module()`, op by op, no compiler; '
+            '`onnxruntime` = that program as ONNX (`export_onnx`), onnxruntime CPU session, all graph optimisations. '
+            '"set-up s" (not part of the throughput): the torch.export under `export`, the ONNX translation and '
+            'session creation under `onnxruntime`.',
+            '',
+        ]
     head = ['model', 'params (M)', 'GMACs']
-    for mode in modes:
-        head += [f'{mode} img/s', f'{mode} ms/step']
-    for mode in modes:
+    for mode, rt in runs:
+        label = _run_label(mode, rt)
+        head += [f'{label} img/s', f'{label} ms/step']
+    for mode in eager_modes:
         head.append(f'{mode} peak MiB')
     show_saved = bool(data.get('activations'))
     if show_saved:
         head.append('saved act. MiB/img')
+    for rt in deployed:
+        head.append(f'{rt} set-up s')
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for name, info in models.items():
         cells = [f"`{name}`", f"{info['params'] / 1e6:.2f}", f"{info['macs'] / 1e9:.2f}"]
-        for mode in modes:
-            r = by_key.get((name, mode), {})
+        for mode, rt in runs:
+            r = by_key.get((name, mode, rt), {})
             cells += [_fmt(r.get('img_s_median'), '.2f'), _fmt(r.get('ms_per_step_median'), '.1f')]
-        for mode in modes:
-            cells.append(_fmt(by_key.get((name, mode), {}).get('peak_mem_mib'), '.0f'))
+        for mode in eager_modes:
+            cells.append(_fmt(by_key.get((name, mode, 'eager'), {}).get('peak_mem_mib'), '.0f'))
         if show_saved:
             cells.append(_fmt(next((r['saved_mib_per_img'] for r in data['activations']
                                     if r['model'] == name and r['variant'] == 'plain'), None), '.1f'))
+        for rt in deployed:
+            cells.append(_fmt(info.get('setup_seconds', {}).get(rt), '.0f'))
         lines.append('| ' + ' | '.join(cells) + ' |')
 
     ours = [n for n, info in models.items() if info['kind'] == 'ours' and info.get('peer')]
@@ -102,13 +126,13 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
             'speed-up a net would get if time were proportional to MACs.',
             '',
         ]
-        head = ['model', 'peer'] + [f'{mode} speed-up' for mode in modes] + ['MAC ratio']
+        head = ['model', 'peer'] + [f'{_run_label(mode, rt)} speed-up' for mode, rt in runs] + ['MAC ratio']
         lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
         for name in ours:
             peer = models[name]['peer']
             cells = [f'`{name}`', f'`{peer}`']
-            for mode in modes:
-                cells.append(_fmt(by_key.get((name, mode), {}).get('speedup_vs_peer'), '.2f') + 'x')
+            for mode, rt in runs:
+                cells.append(_fmt(by_key.get((name, mode, rt), {}).get('speedup_vs_peer'), '.2f') + 'x')
             cells.append(f"{models[name]['mac_ratio']:.2f}x")
             lines.append('| ' + ' | '.join(cells) + ' |')
     if data.get('activations'):
@@ -117,7 +141,9 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
 
 
 def write_plot(data: Dict[str, Any], path: Path) -> None:
-    """ Throughput against GMACs, one panel per mode, one labelled marker per model. Needs matplotlib. """
+    """ Throughput against GMACs, one panel per (mode, runtime) run, one labelled marker per model. Needs
+    matplotlib.
+    """
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -128,12 +154,12 @@ def write_plot(data: Dict[str, Any], path: Path) -> None:
             'or pass --no-plot'
         ) from e
     cfg, models, rows = data['config'], data['models'], data['rows']
-    modes = cfg['modes']
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.8), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
+    runs = [tuple(r) for r in cfg.get('runs', [(m, 'eager') for m in cfg['modes']])]
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4.8), squeeze=False)
+    for ax, (mode, rt) in zip(axes[0], runs):
         xmax = ymax = 0.
         for r in rows:
-            if r['mode'] != mode or r.get('img_s_median') is None:
+            if r['mode'] != mode or r.get('runtime', 'eager') != rt or r.get('img_s_median') is None:
                 continue
             xmax, ymax = max(xmax, r['gmacs']), max(ymax, r['img_s_median'])
             ours = models[r['model']]['kind'] == 'ours'
@@ -143,7 +169,7 @@ def write_plot(data: Dict[str, Any], path: Path) -> None:
             ax.annotate(r['model'], (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
         ax.set_xlabel(f"GMACs / image ({cfg['img_size']}x{cfg['img_size']})")
         ax.set_ylabel('images / s')
-        ax.set_title(f"{mode}: {cfg['device']} {cfg['precision']}, batch {cfg['batch_size']}")
+        ax.set_title(f"{_run_label(mode, rt)}: {cfg['device']} {cfg['precision']}, batch {cfg['batch_size']}")
         ax.grid(True, alpha=0.3)
         ax.set_ylim(0, 1.15 * ymax or 1)
         ax.set_xlim(0, 1.3 * xmax or 1)

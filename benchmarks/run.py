@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +31,8 @@ import torch
 import timm
 
 from .common import (
-    MODES, PRECISIONS, REPO_ROOT, BenchConfig, Step, count_macs, count_params, create_model, environment, make_step,
-    synchronize,
+    MODES, PRECISIONS, REPO_ROOT, RUNTIMES, BenchConfig, Step, count_macs, count_params, create_model, environment,
+    make_runtime_step, make_step, synchronize,
 )
 from .activations import activation_rows
 from .report import OUTPUT_FILES, write_csv, write_json, write_markdown, write_plot
@@ -85,6 +86,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--warmup', type=int, default=2, help='untimed steps per model and mode before the repeats')
     p.add_argument('--iters', type=int, default=3, help='steps per timed repeat')
     p.add_argument('--modes', type=_csv_list, default=list(MODES), help='infer and/or train, comma-separated')
+    p.add_argument('--runtimes', type=_csv_list, default=['eager'],
+                   help='how each model runs, comma-separated: eager (PyTorch), export (its torch.export program, '
+                        'ExportedProgram.module()), onnxruntime (its ONNX file, CPU); the last two infer only')
     p.add_argument('--out', type=Path, default=None,
                    help='output folder (default: benchmarks/results/<device>_<precision>_b<batch>_<img>)')
     p.add_argument('--no-memory', action='store_true', help='skip the per-model peak-memory subprocesses')
@@ -103,6 +107,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for m in args.modes:
         if m not in MODES:
             p.error(f'--modes: unknown mode {m!r}; expected {",".join(MODES)}')
+    for r in args.runtimes:
+        if r not in RUNTIMES:
+            p.error(f'--runtimes: unknown runtime {r!r}; expected {",".join(RUNTIMES)}')
+    if not args.runtimes:
+        p.error('--runtimes: give at least one runtime')
+    if set(args.runtimes) - {'eager'}:
+        if args.compile or args.channels_last or args.precision != 'fp32':
+            p.error('--runtimes export/onnxruntime: benchmarked in fp32, without --compile and --channels-last')
+        if 'infer' not in args.modes:
+            p.error('--runtimes export/onnxruntime: they run inference, add infer to --modes')
+        if 'onnxruntime' in args.runtimes and args.device != 'cpu':
+            p.error('--runtimes onnxruntime: CPU only (--device cpu)')
     for n, v in (('--batch-size', args.batch_size), ('--img-size', args.img_size), ('--repeats', args.repeats),
                  ('--iters', args.iters)):
         if v < 1:
@@ -161,6 +177,11 @@ class _Progress:
             self.bar.close()
 
 
+def _label(key: tuple) -> str:
+    name, mode, rt = key
+    return f'{name} {mode}' if rt == 'eager' else f'{name} {mode} [{rt}]'
+
+
 def _time_steps(step: Step, iters: int, device: str) -> Tuple[float, float]:
     """ Wall-clock and process CPU seconds of ``iters`` steps. """
     step.prepare()
@@ -196,7 +217,7 @@ def _measure_memory(name: str, args: argparse.Namespace, cfg: BenchConfig) -> Di
         [sys.executable, '-m', 'benchmarks.memory', payload], cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f'peak-memory run of {name} failed:\n{proc.stderr[-2000:]}', file=sys.stderr)
-        return {m: None for m in args.modes}
+        return dict.fromkeys(args.modes)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -223,29 +244,39 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     load_start = _loadavg()
 
     # models: params and MACs on the plain fp32 model, then one prepared step closure per (model, mode)
+    # (mode, runtime) pairs: every mode in eager, inference in the deployed runtimes
+    runs = [(mode, rt) for rt in args.runtimes for mode in args.modes if rt == 'eager' or mode == 'infer']
     models: Dict[str, Dict[str, Any]] = {}
     steps: Dict[tuple, Step] = {}
+    workdir = tempfile.TemporaryDirectory(prefix='resattn_bench_') if 'onnxruntime' in args.runtimes else None
     for name in names:
         model = create_model(name)
         info = {'kind': 'ours' if name in ours else 'peer', 'params': count_params(model),
-                'macs': count_macs(model, args.img_size)}
+                'macs': count_macs(model, args.img_size), 'setup_seconds': {}}
         models[name] = info
         print(f'{name}: {info["params"] / 1e6:.2f} M params, {info["macs"] / 1e9:.2f} GMACs', file=sys.stderr)
-        for mode in args.modes:
-            steps[(name, mode)] = make_step(model, mode, cfg)
+        programs: Dict[int, Any] = {}
+        for mode, rt in runs:
+            if rt == 'eager':
+                steps[(name, mode, rt)] = make_step(model, mode, cfg)
+                continue
+            steps[(name, mode, rt)], secs = make_runtime_step(
+                model, rt, cfg, workdir=workdir.name if workdir else None, programs=programs)
+            info['setup_seconds'][rt] = round(secs, 1)
+            print(f'{name}: {rt} set up in {secs:.1f} s', file=sys.stderr, flush=True)
     for name, info in models.items():
         if info['kind'] == 'ours':
             peer = _peer_for(name, args)
             info['peer'] = peer
             info['mac_ratio'] = models[peer]['macs'] / info['macs'] if peer else None
 
-    keys = [(name, mode) for name in names for mode in args.modes]
+    keys = [(name, mode, rt) for name in names for mode, rt in runs]
     progress = _Progress(len(keys) * (args.repeats + (1 if args.warmup else 0)), enabled=not args.no_progress)
     if args.warmup:
-        for name, mode in keys:
-            t, _ = _time_steps(steps[(name, mode)], args.warmup, args.device)
-            progress.log(f'[warm-up] {name} {mode}: {args.warmup} steps in {t:.2f} s')
-            progress.update(f'warm-up {name} {mode}')
+        for key in keys:
+            t, _ = _time_steps(steps[key], args.warmup, args.device)
+            progress.log(f'[warm-up] {_label(key)}: {args.warmup} steps in {t:.2f} s')
+            progress.update(f'warm-up {_label(key)}')
 
     times: Dict[tuple, List[float]] = {k: [] for k in keys}
     cpu_times: Dict[tuple, List[float]] = {k: [] for k in keys}
@@ -255,11 +286,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             times[key].append(t)
             cpu_times[key].append(c)
             progress.log(
-                f'[{r + 1}/{args.repeats}] {key[0]} {key[1]}: {args.batch_size * args.iters / t:.2f} img/s '
+                f'[{r + 1}/{args.repeats}] {_label(key)}: {args.batch_size * args.iters / t:.2f} img/s '
                 f'({1000 * t / args.iters:.1f} ms/step)')
-            progress.update(f'repeat {r + 1}/{args.repeats} {key[0]} {key[1]}')
+            progress.update(f'repeat {r + 1}/{args.repeats} {_label(key)}')
     progress.close()
     steps.clear()
+    if workdir is not None:
+        workdir.cleanup()
 
     memory: Dict[str, Dict[str, Optional[float]]] = {}
     if not args.no_memory:
@@ -278,18 +311,20 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     medians = {k: statistics.median(args.batch_size * args.iters / t for t in v) for k, v in times.items()}
     env = environment(args.device)
     env['loadavg_1min_start'], env['loadavg_1min_end'] = load_start, _loadavg()
-    for name, mode in keys:
+    for key in keys:
+        name, mode, rt = key
         info = models[name]
-        ips = [args.batch_size * args.iters / t for t in times[(name, mode)]]
+        ips = [args.batch_size * args.iters / t for t in times[key]]
         peer = info.get('peer')
-        speedup = medians[(name, mode)] / medians[(peer, mode)] if peer else None
+        speedup = medians[key] / medians[(peer, mode, rt)] if peer else None
+        mem = memory.get(name, {}).get(mode) if rt == 'eager' else None  # the memory run is eager
         row = {
-            'model': name, 'kind': info['kind'], 'mode': mode,
+            'model': name, 'kind': info['kind'], 'mode': mode, 'runtime': rt,
             'params_m': round(info['params'] / 1e6, 3), 'gmacs': round(info['macs'] / 1e9, 4),
-            'img_s_median': round(medians[(name, mode)], 3), 'img_s_min': round(min(ips), 3),
+            'img_s_median': round(medians[key], 3), 'img_s_min': round(min(ips), 3),
             'img_s_max': round(max(ips), 3),
-            'ms_per_step_median': round(1000 * statistics.median(times[(name, mode)]) / args.iters, 2),
-            'peak_mem_mib': None if memory.get(name, {}).get(mode) is None else round(memory[name][mode], 1),
+            'ms_per_step_median': round(1000 * statistics.median(times[key]) / args.iters, 2),
+            'peak_mem_mib': None if mem is None else round(mem, 1),
             'peer': peer, 'speedup_vs_peer': None if speedup is None else round(speedup, 4),
             'mac_ratio_peer_over_ours': None if info.get('mac_ratio') is None else round(info['mac_ratio'], 4),
             'device': args.device, 'device_name': env['device_name'], 'precision': args.precision,
@@ -300,14 +335,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         }
         rows.append(row)
         results.append({
-            'model': name, 'mode': mode, 'repeat_seconds': times[(name, mode)], 'repeat_img_s': ips,
-            'repeat_cpu_seconds': cpu_times[(name, mode)],
-            'cpu_over_wall_median': statistics.median(
-                c / t for c, t in zip(cpu_times[(name, mode)], times[(name, mode)])),
-            'img_s_median': medians[(name, mode)], 'peak_mem_mib': row['peak_mem_mib'],
+            'model': name, 'mode': mode, 'runtime': rt, 'repeat_seconds': times[key], 'repeat_img_s': ips,
+            'repeat_cpu_seconds': cpu_times[key],
+            'cpu_over_wall_median': statistics.median(c / t for c, t in zip(cpu_times[key], times[key])),
+            'img_s_median': medians[key], 'peak_mem_mib': row['peak_mem_mib'],
         })
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config['runs'] = [list(r) for r in runs]
     data = {
         'config': config,
         'env': env,

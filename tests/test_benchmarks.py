@@ -83,3 +83,39 @@ def test_benchmark_args():
         parse_args(['--models', 'no_such_model_xyz'])
     with pytest.raises(SystemExit):
         parse_args(['--modes', 'infer,fly'])
+
+
+def test_benchmark_runtimes_args_and_table(tmp_path):
+    """ --runtimes: parsing, and the Markdown table's per-runtime columns (from hand-made data, no timing). """
+    from benchmarks.report import write_markdown
+    from benchmarks.run import parse_args
+    args = parse_args(['--peers', 'resnet18', '--runtimes', 'eager,export,onnxruntime', '--device', 'cpu'])
+    assert args.runtimes == ['eager', 'export', 'onnxruntime']
+    for bad in (['--runtimes', 'tensorrt'], ['--runtimes', 'export', '--compile'],
+                ['--runtimes', 'onnxruntime', '--modes', 'train']):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+    runs = [('infer', 'eager'), ('infer', 'onnxruntime')]
+    rows = []
+    for (mode, rt), ours, peer in zip(runs, (10.0, 30.0), (5.0, 20.0)):
+        rows.append({'model': 'resattnet56', 'mode': mode, 'runtime': rt, 'img_s_median': ours,
+                     'ms_per_step_median': 1.0, 'speedup_vs_peer': ours / peer})
+        rows.append({'model': 'resnet152', 'mode': mode, 'runtime': rt, 'img_s_median': peer,
+                     'ms_per_step_median': 1.0})
+    data = {
+        'config': {'modes': ['infer'], 'runs': [list(r) for r in runs], 'precision': 'fp32', 'channels_last': False,
+                   'compile': False, 'fuse_bn': False, 'batch_size': 8, 'img_size': 224, 'repeats': 1, 'iters': 1,
+                   'warmup': 0, 'device': 'cpu'},
+        'env': {'device_name': 'cpu', 'threads': 2, 'torch': 'x', 'timm': 'x', 'timm_resattn': 'x'},
+        'memory_method': 'not measured',
+        'models': {'resattnet56': {'kind': 'ours', 'params': 1, 'macs': 1, 'peer': 'resnet152', 'mac_ratio': 1.84,
+                                   'setup_seconds': {'onnxruntime': 12.0}},
+                   'resnet152': {'kind': 'peer', 'params': 1, 'macs': 1, 'setup_seconds': {'onnxruntime': 7.0}}},
+        'rows': rows,
+    }
+    write_markdown(data, tmp_path / 'r.md')
+    md = (tmp_path / 'r.md').read_text()
+    assert '| model | peer | infer speed-up | infer [onnxruntime] speed-up | MAC ratio |' in md
+    assert '| `resattnet56` | `resnet152` | 2.00x | 1.50x | 1.84x |' in md
+    assert 'onnxruntime set-up s' in md

@@ -4,6 +4,7 @@
     timm-resattn classify IMAGE --model M [--checkpoint F]   top-k classes of one image
     timm-resattn visualize IMAGE ... --model M --out OUT.png the soft masks over the images
     timm-resattn convert caffe IN.caffemodel OUT.safetensors --model M
+    timm-resattn export onnx --model M [--checkpoint F] OUT.onnx
     timm-resattn train-cifar --dataset cifar10 --data-dir D  the paper's CIFAR recipe
     timm-resattn run path/to/timm/validate.py ARGS ...      a timm script with the models registered
 
@@ -31,6 +32,7 @@ COMMANDS = {
     'classify': ('classify', 'print the top-k classes of an image'),
     'visualize': ('visualize', "draw every Attention Module's soft mask over images (PNG)"),
     'convert': ('convert', "convert other weights (the authors' Caffe files) to safetensors"),
+    'export': ('export', 'write a model for deployment (ONNX with dynamic sizes)'),
     'train-cifar': ('train_cifar', "train on CIFAR-10/100 with the paper's recipe (§4.1)"),
     'run': ('run', "run one of timm's scripts (train.py, validate.py, ...) with the models registered"),
 }

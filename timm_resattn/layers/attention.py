@@ -22,7 +22,7 @@ resize used here (``align_corners=True``) wherever pytorchcv runs at all, i.e. w
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-from typing import Callable, List
+from typing import Callable, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,13 +34,41 @@ from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
     'MaskActivation', 'MaskHead', 'EncoderDecoderMask', 'PytorchcvEncoderDecoderMask', 'LocalConvMask',
-    'AttentionModule', 'interpolate_like', 'create_max_pool', 'MASK_ACTS', 'MASK_TYPES', 'MASK_WIRINGS', 'MAX_POOLS',
+    'AttentionModule', 'interpolate_like', 'create_max_pool', 'max_pool_padded', 'MASK_ACTS', 'MASK_TYPES',
+    'MASK_WIRINGS', 'MAX_POOLS',
 ]
 
 MASK_ACTS = ('mixed', 'channel', 'spatial')
 MASK_TYPES = ('encoder_decoder', 'local')
 MASK_WIRINGS = ('official', 'pytorchcv')
 MAX_POOLS = ('caffe', 'torch')
+
+
+def max_pool_padded(
+        x: torch.Tensor,
+        kernel_size: Union[int, Tuple[int, int]] = 3,
+        stride: Union[int, Tuple[int, int]] = 2,
+        padding: Union[int, Tuple[int, int]] = 0,
+        ceil_mode: bool = False,
+) -> torch.Tensor:
+    """ The 3x3/s2 max-pools of ``create_max_pool`` written without ceil mode, for tracing with symbolic sizes.
+
+    Caffe's pooling (3x3, stride 2, no padding, ceil mode) equals floor-mode pooling of the input padded with one
+    ``-inf`` column on the right and one ``-inf`` row at the bottom: both give ``(size - 2) // 2 + 1`` outputs, every
+    ceil-mode window overhangs the input by at most that one pixel (its start ``2i <= size - 2`` lies inside), and
+    a ``-inf`` never wins a max over a window that holds at least one real value. So the result is bit-identical,
+    NaNs included. Written this way torch.export needs no ceil-mode size rule (``out - 1`` windows must start inside
+    the input), whose symbolic form (``-2 + 2 * ((h / 8) // 2) < h / 8``) its shape solver can't decide for a
+    dynamic height/width. The floor-mode pools (``padding=1``, pytorchcv's) need no rewrite and go straight through.
+    """
+    if not ceil_mode:
+        return F.max_pool2d(x, kernel_size, stride, padding)
+    if padding not in (0, (0, 0)) or kernel_size not in (3, (3, 3)) or stride not in (2, (2, 2)):
+        raise ValueError(
+            f'max_pool_padded rewrites only the 3x3/s2 unpadded ceil-mode pool, got kernel_size={kernel_size}, '
+            f'stride={stride}, padding={padding}'
+        )
+    return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=float('-inf')), kernel_size, stride)
 
 
 @register_notrace_module
@@ -55,6 +83,9 @@ class MaxPool2dCpuFast(nn.MaxPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and torch.compiler.is_compiling():
+            # torch.compile / torch.export: one formulation without shape-dependent branches (see max_pool_padded)
+            return max_pool_padded(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
         if x.device.type == 'cpu' and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous():
             x = F.max_pool2d(
                 x.contiguous(memory_format=torch.channels_last),

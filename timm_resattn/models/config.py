@@ -184,9 +184,11 @@ class ResAttnCfg:
             )
         return schedule
 
-    def min_input_size(self, output_stride: Optional[int] = None) -> int:
+    def min_input_size(self, output_stride: Optional[int] = None, min_upsampled: int = 1) -> int:
         """ The smallest square input every max-pool of the network accepts (found by walking the spatial sizes), at
-        ``output_stride`` (``stride_schedule``: dilated stages have stride 1 and keep their input's size). """
+        ``output_stride`` (``stride_schedule``: dilated stages have stride 1 and keep their input's size).
+        ``min_upsampled``: also require every map a mask upsamples to (the trunk's and each level above the
+        deepest) to be at least this wide (2 for exported programs, see ``export.program.export_min_size``). """
         strides = [stage[0] for stage in self.stride_schedule(output_stride)]
 
         def fits(size: int) -> bool:
@@ -199,6 +201,8 @@ class ResAttnCfg:
                 if modules and self.mask_type == 'encoder_decoder':
                     h = size
                     for _ in range(levels):
+                        if h < min_upsampled:
+                            return False
                         h = _pool_out(h, self.max_pool)
                         if h < 1:
                             return False
