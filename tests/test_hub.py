@@ -215,7 +215,7 @@ def test_hf_hub_offline_cache(exported, tmp_path):
 
 
 class _FakeHfApi:
-    """ Stands in for huggingface_hub.HfApi inside timm.models._hub: records the folder push_to_hf_hub uploads. """
+    """ Stands in for huggingface_hub.HfApi: records the folder push_to_hub uploads. """
     uploads = []
 
     def __init__(self, token=None, library_name=None, library_version=None):
@@ -238,8 +238,7 @@ class _FakeHfApi:
 
 
 def test_push_to_hub_uploads_the_save_pretrained_layout(exported, monkeypatch):
-    import timm.models._hub as timm_hub
-    monkeypatch.setattr(timm_hub, 'HfApi', _FakeHfApi)
+    monkeypatch.setattr(hub, 'HfApi', _FakeHfApi)
     _FakeHfApi.uploads.clear()
     model, _, directory = exported
     result = hub.push_to_hub(
@@ -252,4 +251,12 @@ def test_push_to_hub_uploads_the_save_pretrained_layout(exported, monkeypatch):
     assert sorted(upload['files']) == ['README.md', 'config.json', 'model.safetensors']
     assert json.loads(upload['files']['config.json']) == json.loads((directory / 'config.json').read_text())
     assert upload['files']['README.md'].decode() == (directory / 'README.md').read_text()
-    assert upload['files']['model.safetensors'] == (directory / 'model.safetensors').read_bytes()
+    # the same tensors and the same metadata (safetensors writes its metadata map in no fixed order, so not bytes)
+    from safetensors.torch import load as load_bytes
+    from timm_resattn.weights import read_weight_file
+    pushed = load_bytes(upload['files']['model.safetensors'])
+    saved, metadata = read_weight_file(directory / 'model.safetensors')
+    assert pushed.keys() == saved.keys() and all(torch.equal(pushed[k], saved[k]) for k in saved)
+    header = json.loads(upload['files']['model.safetensors'][8:8 + int.from_bytes(
+        upload['files']['model.safetensors'][:8], 'little')])
+    assert header['__metadata__'] == metadata == {'format': 'pt', **model.weights_metadata()}

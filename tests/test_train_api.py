@@ -68,7 +68,8 @@ def test_scripts_wrapper_in_process(stand_in, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, 'path', list(sys.path))
     with pytest.raises(SystemExit) as e:
         scripts.main([])
-    assert e.value.code == 2 and 'usage: python -m timm_resattn.scripts' in capsys.readouterr().err
+    err = capsys.readouterr().err  # one `error:` line naming the program (the command layer's usage errors)
+    assert e.value.code == 2 and err.startswith('error: ') and 'python -m timm_resattn.scripts' in err
     with pytest.raises(SystemExit) as e:
         scripts.main(['missing/validate.py', '--model', 'resattnet56'])
     err = capsys.readouterr().err

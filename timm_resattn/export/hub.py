@@ -30,6 +30,8 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from huggingface_hub import HfApi
+
 from ..errors import ExportError
 from ..models.resattnet import ResidualAttentionNet, model_cfgs
 from ..weights import read_weight_file, save_state_dict
@@ -264,25 +266,22 @@ def push_to_hub(
         create_pr: bool = False,
         safe_serialization: Union[bool, str] = True,
 ):
-    """ Upload ``model`` to ``repo_id`` with ``timm.models.push_to_hf_hub``, in the layout of ``save_pretrained``.
-
-    As in timm, the model card is written only when the repo has no ``README.md`` yet. Returns what
+    """ Upload ``model`` to ``repo_id`` in exactly the layout ``save_pretrained`` writes (architecture metadata in
+    the safetensors header included), the way ``timm.models.push_to_hf_hub`` does it: create the repo if needed,
+    write the model card only when the repo has no ``README.md`` yet, upload the folder. Returns what
     ``HfApi.upload_folder`` returns (the commit info).
     """
-    from timm.models import push_to_hf_hub
+    from timm import __version__ as timm_version
 
-    args = _export_args(model, model_args)
-    card = model_card(model, repo_id=repo_id, model_card_extra=model_card_extra, model_args=args)
-    return push_to_hf_hub(
-        model,
-        repo_id,
-        commit_message=commit_message,
-        token=token,
-        revision=revision,
-        private=private,
-        create_pr=create_pr,
-        model_config=model_config,
-        model_card=card,
-        model_args=args,
-        safe_serialization=safe_serialization,
-    )
+    api = HfApi(token=token, library_name='timm', library_version=timm_version)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    has_readme = api.file_exists(repo_id=repo_id, filename='README.md', revision=revision)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(
+            model, Path(tmp) / repo_id.split('/')[-1], model_card_extra=model_card_extra, repo_id=repo_id,
+            model_args=model_args, model_config=model_config, safe_serialization=safe_serialization)
+        if has_readme:
+            (folder / 'README.md').unlink()
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+            commit_message=commit_message)

@@ -60,9 +60,11 @@ class PreActUnit(nn.Module):
     def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.jit.unused
     def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.jit.ignore
     def _input_convs(self, first: List[nn.Module]) -> List[nn.Module]:
         return first + [self.downsample] if self.downsample is not None else first
 
@@ -127,6 +129,7 @@ class PreActBottleneck(PreActUnit):
         x = self.conv2(self.norm2(x))
         return self.conv3(self.norm3(x))
 
+    @torch.jit.unused
     def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
         outs = bn_relu_conv(self.norm1, self._input_convs([self.conv1]), x)
         y = bn_relu_conv(self.norm2, [self.conv2], outs[0])[0]
@@ -266,6 +269,7 @@ class PreActInceptionUnit(PreActUnit):
         x = torch.cat([self.branch0(x_preact), self.branch1(x_preact), self.branch2(x_preact)], dim=1)
         return self.conv_merge(self.norm2(x))
 
+    @torch.jit.unused
     def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
         # branch order reversed: the input gradient then sums in the order autograd's plain backward sums it
         outs = bn_relu_conv(self.norm1, self._input_convs([self.branch2[0], self.branch1[0], self.branch0]), x)
