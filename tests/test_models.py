@@ -134,9 +134,9 @@ def test_in_chans(in_chans):
 
 
 def _narrow_kwargs(name):
-    """ The ImageNet layouts at 1/8 width (same stages, modules and mask levels); the CIFAR nets as they are. """
+    """ The layouts at a fraction of their width (same stages, modules and mask levels). """
     if name.endswith('_cifar'):
-        return {}
+        return dict(stem_chs=8, stage_chs=(16, 32, 64))
     return dict(NARROW_IMAGENET, groups=8) if 'next' in name else NARROW_IMAGENET  # 32x4d -> 8 groups of 2
 
 

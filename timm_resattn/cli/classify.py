@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import torch
 
-from .common import create_model, open_image, parse_model_kwargs, positive_int
+from .common import add_model_arguments, create_model, open_image, parse_model_kwargs, positive_int
 
 __all__ = ['classify', 'configure', 'run', 'CIFAR10_CLASSES']
 
@@ -51,13 +51,8 @@ def configure(parser: argparse.ArgumentParser, image_flag: bool = False) -> None
         parser.add_argument('--image', required=True, help='the image file to classify')
     else:
         parser.add_argument('image', metavar='IMAGE', help='the image file to classify')
-    parser.add_argument('--model', default='resattnet56', help='model name (default: %(default)s)')
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument('--pretrained', action='store_true', help="load the model's published weights")
-    weights.add_argument('--checkpoint', metavar='FILE', help='load weights from this file (.safetensors, or a .pth)')
+    add_model_arguments(parser, default='resattnet56')
     parser.add_argument('--topk', type=positive_int, default=5, help='how many classes to print (default 5)')
-    parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                        help='architecture overrides, e.g. attention_residual=False (Python literals)')
 
 
 def run(args: argparse.Namespace) -> int:

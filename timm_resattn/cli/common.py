@@ -16,7 +16,8 @@ from ..errors import CommandError, MissingFileError, ResAttnError, WeightsError
 
 __all__ = [
     'CommandParser', 'one_line', 'parse_model_kwargs', 'positive_int', 'non_negative_int', 'unit_interval',
-    'resattn_models', 'check_model_name', 'create_model', 'open_image', 'check_output_path',
+    'resattn_models', 'check_model_name', 'create_model', 'add_model_arguments', 'model_from_args', 'open_image',
+    'check_output_path',
 ]
 
 
@@ -143,6 +144,26 @@ def create_model(
         except WeightsError as e:
             raise WeightsError(f'--checkpoint: cannot load checkpoint into {name}: {e}') from None
     return model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default: Optional[str] = None) -> None:
+    """ ``--model``, ``--pretrained | --checkpoint``, ``--model-kwargs``: how every command picks a model and its
+    weights (``model_from_args`` builds it). """
+    if default:
+        parser.add_argument('--model', default=default, help='model name (default: %(default)s)')
+    else:
+        parser.add_argument('--model', required=True, help='model name, e.g. resattnet56')
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument('--pretrained', action='store_true', help="load the model's published weights")
+    weights.add_argument('--checkpoint', metavar='FILE',
+                         help='load weights from this file (.safetensors, or a .pth), checked against the model')
+    parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='architecture overrides, e.g. attention_residual=False (Python literals)')
+
+
+def model_from_args(args: argparse.Namespace) -> nn.Module:
+    """ The model the ``add_model_arguments`` flags ask for (``create_model``). """
+    return create_model(args.model, args.pretrained, args.checkpoint, parse_model_kwargs(args.model_kwargs))
 
 
 def open_image(path: str, flag: str = 'IMAGE'):

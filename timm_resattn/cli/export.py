@@ -9,7 +9,7 @@ Needs the ``export`` extra (``pip install "timm-resattn[export]"``).
 import argparse
 
 from ..errors import CommandError
-from .common import check_output_path, create_model, parse_model_kwargs, positive_int
+from .common import add_model_arguments, check_output_path, model_from_args, positive_int
 
 __all__ = ['configure', 'run']
 
@@ -20,7 +20,7 @@ def _onnx(args: argparse.Namespace) -> int:
 
     require_onnx()
     check_output_path(args.output, 'OUT.onnx', force=args.force)
-    model = create_model(args.model, args.pretrained, args.checkpoint, parse_model_kwargs(args.model_kwargs)).eval()
+    model = model_from_args(args).eval()
     min_size, max_size = resolve_size_range(model, args.min_size, args.max_size)
     path = export_onnx(model, args.output, min_size=min_size, max_size=max_size, opset=args.opset)
     print(f'wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {args.model}, inputs N x 3 x H x W with H, W in '
@@ -47,12 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     onnx = sub.add_parser('onnx', help='an ONNX file (dynamic batch, height and width)', description=__doc__.strip()
                           .splitlines()[0])
     onnx.add_argument('output', metavar='OUT.onnx', help='the ONNX file to write (its folder must exist)')
-    onnx.add_argument('--model', required=True, help='model name, e.g. resattnet56')
-    weights = onnx.add_mutually_exclusive_group()
-    weights.add_argument('--pretrained', action='store_true', help="the model's published weights")
-    weights.add_argument('--checkpoint', metavar='FILE', help='weights from this file (.safetensors or .pth)')
-    onnx.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                      help='architecture overrides, e.g. output_stride=16 (Python literals)')
+    add_model_arguments(onnx)
     onnx.add_argument('--min-size', type=positive_int, default=None,
                       help="smallest input height/width (default: the model's minimum)")
     onnx.add_argument('--max-size', type=positive_int, default=1024, help='largest input height/width (default 1024)')

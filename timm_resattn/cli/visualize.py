@@ -13,7 +13,7 @@ import torch
 from ..analysis.figures import mask_grid, response_chart
 from ..analysis.masks import MaskRecorder, ResponseRecorder, find_attention_modules
 from ..errors import CommandError
-from .common import check_output_path, create_model, open_image, parse_model_kwargs, positive_int, unit_interval
+from .common import add_model_arguments, check_output_path, model_from_args, open_image, positive_int, unit_interval
 
 __all__ = ['configure', 'run']
 
@@ -30,12 +30,7 @@ def _parse_channels(text: str) -> List[int]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files (anything Pillow reads)')
-    parser.add_argument('--model', required=True, help='model name, e.g. resattnet56')
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument('--pretrained', action='store_true', help='load the published weights of the model')
-    weights.add_argument('--checkpoint', metavar='FILE', help='load weights from a safetensors / torch file')
-    parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                        help='architecture overrides, e.g. attention_residual=False (Python literals)')
+    add_model_arguments(parser)
     parser.add_argument('--out', required=True, metavar='OUT.png', help='where to write the mask grid')
     parser.add_argument('--channels', type=_parse_channels, default=[], metavar='C[,C...]',
                         help='also show these mask channels (e.g. 0,5,17) besides the channel mean')
@@ -62,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.responses:
         check_output_path(args.responses, '--responses', inputs=[*args.images, args.out])
     pil_images = [open_image(p) for p in args.images]
-    model = create_model(args.model, args.pretrained, args.checkpoint, parse_model_kwargs(args.model_kwargs))
+    model = model_from_args(args)
     try:
         find_attention_modules(model)
     except ValueError as e:

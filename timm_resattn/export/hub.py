@@ -222,7 +222,7 @@ def save_pretrained(
     architecture (BN-folded, pruned) is refused.
     """
     from timm.models import save_for_hf
-    from timm.models._hub import generate_readme
+    from timm.models._hub import generate_readme  # timm exports no public name for it
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
