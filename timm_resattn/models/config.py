@@ -78,7 +78,7 @@ class ResAttnCfg:
             no-grad, TorchScript, FX, ``torch.compile`` and autocast take the plain path. Not part of the paper.
             Saved activations at 224 (fp32, per image): Attention-56 157 -> 81 MiB, Attention-92 224 -> 115 MiB
             (``benchmarks/activations.py``). Off by default: the backward recomputes every BN-ReLU, and a training
-            step measured ~1.0-1.27x the plain step's time on a shared 2-core CPU (``benchmarks/lean_speed.py``),
+            step measured 1.05-1.18x the plain step's time on a 2-core CPU (``benchmarks/results/lean_speed_cpu``),
             over the 5% allowed for a default.
     """
     unit: str = 'preact'
