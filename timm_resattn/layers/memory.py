@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, register_notrace_module
 
-__all__ = ['bn_relu_conv', 'use_lean_path', 'LeanMaxPool2d', 'lean_max_pool2d']
+__all__ = ['bn_relu_conv', 'use_lean_path', 'LeanMaxPool2d', 'lean_max_pool2d', 'set_memory_efficient']
 
 
 def _is_tracing_or_compiling() -> bool:
@@ -239,3 +239,18 @@ class LeanMaxPool2d(nn.Module):
             ):
                 return lean_max_pool2d(x, self.pool)
         return self.pool(x)
+
+
+def set_memory_efficient(model: nn.Module, enable: bool = True) -> None:
+    """ Switch the lean path on or off in place: sets ``memory_efficient`` on every unit and mask head of
+    ``model`` and wraps (or unwraps) each max-pool in ``LeanMaxPool2d``. Parameters, buffers and outputs are
+    unchanged. """
+    for m in model.modules():
+        if isinstance(getattr(m, 'memory_efficient', None), bool):
+            m.memory_efficient = enable
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if enable and isinstance(child, nn.MaxPool2d) and not isinstance(parent, LeanMaxPool2d):
+                setattr(parent, child_name, LeanMaxPool2d(child))
+            elif not enable and isinstance(child, LeanMaxPool2d):
+                setattr(parent, child_name, child.pool)

@@ -30,7 +30,7 @@ from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
     'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
-    'unit_preactivates_input', 'registered_units',
+    'unit_preactivates_input', 'registered_units', 'dilation_kwargs',
 ]
 
 
@@ -299,6 +299,13 @@ def register_unit(name: str, fn: Callable[..., nn.Module], preactivates_input: b
     _UNITS[name] = fn
     if preactivates_input:
         _PREACT_UNITS.add(name)
+
+
+def dilation_kwargs(first_dilation: int, dilation: int) -> Dict[str, int]:
+    """ Unit kwargs for a dilated unit; none for an undilated one (so units without these arguments still build). """
+    if first_dilation == 1 and dilation == 1:
+        return {}
+    return {'dilation': dilation, 'first_dilation': first_dilation}
 
 
 def registered_units() -> Tuple[str, ...]:

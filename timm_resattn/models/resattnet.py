@@ -9,11 +9,8 @@ same structure, same learnable-parameter count and the same function given the s
 (``timm_resattn.convert.caffe`` maps the authors' Caffe blobs onto these modules). Where the paper and the official
 files disagree, the files win; each entrypoint's docstring says where.
 
-Dense prediction: the ImageNet nets take ``output_stride`` 8 or 16 (``timm.create_model(name, features_only=True,
-output_stride=8)``), which the paper and the official files do not have. The later stages keep their resolution and
-dilate their trunk's 3x3 convs as timm's ResNet does; the Attention Modules' soft-mask branches stay undilated and run
-on the larger maps as at a larger input, so the mask sees less context relative to the trunk than at stride 32
-(``ResidualAttentionNet`` says exactly what changes).
+Beyond the paper: ``output_stride`` 8/16 for dense prediction and ``memory_efficient`` training
+(``ResidualAttentionNet`` and ``ResAttnCfg`` say what changes).
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -24,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer, register_notrace_function
+from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer
 from timm.models import (
     build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg,
 )
@@ -38,8 +35,9 @@ from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state
 from ..layers.attention import (
     AttentionModule, EncoderDecoderMask, LocalConvMask, PytorchcvEncoderDecoderMask, create_max_pool,
 )
-from ..layers.memory import LeanMaxPool2d
-from ..layers.units import create_unit, unit_preactivates_input
+from ..layers.memory import set_memory_efficient
+from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
+from ..layers.units import create_unit, dilation_kwargs, unit_preactivates_input
 from ..weights import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_state_dict, has_weights, load_checked, no_weights_error
 from .config import ResAttnCfg
 
@@ -47,66 +45,26 @@ __all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filte
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-def _dilation_kwargs(first_dilation: int, dilation: int) -> Dict[str, int]:
-    """ Unit kwargs for a dilated unit; none for an undilated one (so units without these arguments still build). """
-    if first_dilation == 1 and dilation == 1:
-        return {}
-    return {'dilation': dilation, 'first_dilation': first_dilation}
-
-
-@register_notrace_function
-def check_input_size(x: torch.Tensor, min_size: int) -> torch.Tensor:
-    """ Raise a ValueError naming the minimum if ``x`` is too small; returns ``x`` (so that FX keeps the check). """
-    if x.shape[-2] < min_size or x.shape[-1] < min_size:
-        raise ValueError(
-            f'input spatial size {x.shape[-2]}x{x.shape[-1]} is below the minimum {min_size}x{min_size} '
-            f'this network accepts (its mask branches max-pool the feature maps down to 1x1)'
-        )
-    return x
-
-
-class InputSizeCheck(nn.Module):
-    """ The first module of the stem: ``check_input_size`` against the network's minimum. Being part of the stem, it
-    also guards the ``features_only`` wrappers, which call the stem's children instead of ``forward_features``. """
-
-    def __init__(self, min_size: int):
-        super().__init__()
-        self.min_size = min_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return check_input_size(x, self.min_size)
-
-    def extra_repr(self) -> str:
-        return f'min_size={self.min_size}'
-
-
 class ResidualAttentionNet(nn.Module):
     """ Residual Attention Network (Wang et al., CVPR 2017).
 
     Layout: ``stem`` -> ``stages.0..N-1`` (each ``nn.Sequential`` of residual units and Attention Modules) ->
     ``norm`` (final BN-ReLU of pre-activation nets) -> ``head`` (global pool, dropout, fc).
 
-    ``output_stride`` 8 or 16 (dense prediction; not in the paper or the official files), as in timm's ResNet: a
-    stage whose stride would take the net past ``output_stride`` keeps its input's resolution, and so do the stages
-    after it. Its first unit runs at stride 1 (3x3 conv and 1x1 projection), and the 3x3 convs after it are dilated
-    by the dropped stride, cumulatively (ImageNet nets at 16: ``stages.3`` dilation 2; at 8: ``stages.2`` dilation
-    2, ``stages.3`` dilation 4; the first unit of a dilated stage keeps the previous stage's dilation). What changes
-    and what does not:
+    ``output_stride`` 8 or 16 (dense prediction; not in the paper or the official files) follows timm's ResNet
+    (``ResAttnCfg.stride_schedule``: ImageNet nets at 16 dilate ``stages.3`` by 2; at 8 ``stages.2`` by 2 and
+    ``stages.3`` by 4). What changes and what does not:
 
-    * Trunk side: plain units, tail units and the pre/trunk/post units of each Attention Module are dilated, so they
-      compute what the stride-32 net computes, densely. The official nets have no Attention Module in their last
-      stage, so at 16 the whole net is exactly the stride-32 net sampled densely (its stride-32 features are the
-      stride-16 features at every other position).
+    * Trunk side (plain, tail, pre/trunk/post units): dilated, computing the stride-32 net's function densely. The
+      official nets have no Attention Module in their last stage, so at 16 the whole net is exactly the stride-32
+      net sampled densely.
     * Soft-mask branch: not dilated. A mask in a dilated stage (the official nets at 8: ``stages.2``'s) keeps its
-      units and its max-pool levels and runs on the larger map exactly as it would in the stride-32 net given an
-      input larger by the stage's dilation (the pools and the exact-size bilinear upsampling take any size). Its
-      receptive field in input pixels therefore shrinks by that factor (2 for ``stages.2`` at 8) while the
-      trunk's does not: the mask sees less context relative to the trunk (the official one-level ``stages.2`` mask
-      pools to 1/16 of the input instead of 1/32). Stride-32 weights still load (below) but compute a different
-      mask there; fine-tuning adapts it.
-    * Unchanged: every parameter name and shape (a stride-32 state_dict loads with ``strict=True`` at 8 and 16).
-      ``feature_info`` reductions follow the layout (at 8: 2, 4, 8, 8, 8) and so does ``min_input_size``.
-    * Refused (``ConfigError``): any value but 8/16/32, and any value for the CIFAR nets (stride 4 overall).
+      units and pool levels and runs on the larger map as the stride-32 net would at an input larger by the
+      stage's dilation, so it sees less context relative to the trunk (the one-level ``stages.2`` mask pools to
+      1/16 of the input instead of 1/32); stride-32 weights load but compute a different mask there.
+    * Unchanged: every parameter name and shape (stride-32 weights load with ``strict=True``). ``feature_info``
+      reductions (at 8: 2, 4, 8, 8, 8) and ``min_input_size`` follow the layout. Refused (``ConfigError``): any
+      value but 8/16/32, and any value for the CIFAR nets (stride 4 overall).
     """
 
     def __init__(
@@ -177,7 +135,7 @@ class ResidualAttentionNet(nn.Module):
         stages = []
         for stage_idx, out_chs in enumerate(cfg.stage_chs):
             stage_stride, first_dilation, dilation, reduction = schedule[stage_idx]
-            dil_kwargs = _dilation_kwargs(dilation, dilation)
+            dil_kwargs = dilation_kwargs(dilation, dilation)
             blocks = []
             for unit_idx in range(cfg.stage_units[stage_idx]):
                 blocks.append(create_unit(
@@ -186,7 +144,7 @@ class ResidualAttentionNet(nn.Module):
                     out_chs,
                     stride=stage_stride if unit_idx == 0 else 1,
                     drop_path_rate=dpr[block_idx],
-                    **(_dilation_kwargs(first_dilation, dilation) if unit_idx == 0 else dil_kwargs),
+                    **(dilation_kwargs(first_dilation, dilation) if unit_idx == 0 else dil_kwargs),
                     **unit_kwargs,
                 ))
                 prev_chs = out_chs
@@ -226,7 +184,7 @@ class ResidualAttentionNet(nn.Module):
     ) -> AttentionModule:
         # a dilated stage (output_stride < 32) dilates the trunk side (pre, trunk, post); the mask branch keeps its
         # undilated units and pooling levels and so runs as it would at a larger input
-        trunk_dil_kwargs = _dilation_kwargs(dilation, dilation)
+        trunk_dil_kwargs = dilation_kwargs(dilation, dilation)
 
         def trunk_unit():
             return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **trunk_dil_kwargs, **unit_kwargs)
@@ -322,15 +280,7 @@ class ResidualAttentionNet(nn.Module):
         Sets ``memory_efficient`` on every unit and mask head, and wraps (or unwraps) each max-pool in
         ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
         """
-        for m in self.modules():
-            if isinstance(getattr(m, 'memory_efficient', None), bool):
-                m.memory_efficient = enable
-        for parent in list(self.modules()):
-            for child_name, child in list(parent.named_children()):
-                if enable and isinstance(child, nn.MaxPool2d) and not isinstance(parent, LeanMaxPool2d):
-                    setattr(parent, child_name, LeanMaxPool2d(child))
-                elif not enable and isinstance(child, LeanMaxPool2d):
-                    setattr(parent, child_name, child.pool)
+        set_memory_efficient(self, enable)
         self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
 
     @torch.jit.ignore
@@ -639,25 +589,13 @@ def resattnet56_pcv(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     public ImageNet checkpoint (``resattnet56_pcv.pq_in1k``: a community port's weights, phamquiluan/
     ResidualAttentionNetwork; 77.02 / 93.57 top-1/top-5 as reported by its author, not measured here).
 
-    Same modules and parameter shapes as ``resattnet56`` (31,810,728 params), same pre-activation units, stem conv,
-    mask head, ``(1 + M) * T`` and final BN-ReLU; given the same weights it computes pytorchcv's function, not the
-    official one. Exactly how it differs from the official Caffe wiring:
-
-    * every 3x3/s2 max-pool (stem and masks) pads by 1 in floor mode (official: no padding, ceil mode), so the
-      windows sit one pixel to the left/up, and odd sizes round up (57 -> 29, official 57 -> 28);
-    * each skip connection of the mask adds its own input: ``interp(x) + (s + unit(s))`` (official:
-      ``interp(x) + unit(s)``);
-    * the trunk output is added to the mask before the mask head: ``M = head(interp(x -> T) + T)`` (official:
-      ``M = head(interp(x -> T))``);
-    * conv weights init with ``kaiming_uniform_`` (fan-in), only relevant when training from scratch.
-
-    Where pytorchcv itself can't run, this net still does: pytorchcv upsamples by a fixed factor 2 (fails unless
-    every mask map has an even size: at 224 it works, at 200 or 72 it raises) and pools with a fixed 7x7 average
-    (only 224 gives its classifier 2048 features); here upsampling resizes to the merged tensor's exact size
-    (bilinear, ``align_corners=True``, identical where pytorchcv runs) and the pool is global.
-
-    ``timm.create_model('resattnet56_pcv', pretrained=True)`` downloads the released file;
-    ``checkpoint_filter_fn`` renames pytorchcv's parameter names to ours.
+    The parameters of ``resattnet56`` (31,810,728), pytorchcv's function (``PytorchcvEncoderDecoderMask`` has the
+    details): every 3x3/s2 max-pool pads by 1 in floor mode (official: no padding, ceil mode), each mask skip adds
+    its own input (``interp(x) + (s + unit(s))``), the trunk output is added before the mask head
+    (``M = head(interp(x -> T) + T)``), and convs init with ``kaiming_uniform_``. Unlike pytorchcv (fixed x2
+    upsampling, fixed 7x7 pool: 224 px only) it runs at any size: exact-size bilinear upsampling (identical where
+    pytorchcv runs) and a global pool. ``pretrained=True`` downloads the released file; ``checkpoint_filter_fn``
+    renames pytorchcv's parameters to ours.
     """
     return _create_resattnet('resattnet56_pcv', pretrained, **kwargs)
 
