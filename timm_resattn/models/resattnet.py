@@ -35,8 +35,8 @@ from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state
 from ..layers.attention import (
     AttentionModule, EncoderDecoderMask, LocalConvMask, PytorchcvEncoderDecoderMask, create_max_pool,
 )
-from ..layers.memory import set_memory_efficient
 from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
+from ..layers.memory import set_memory_efficient
 from ..layers.units import create_unit, dilation_kwargs, unit_preactivates_input
 from ..weights import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_state_dict, has_weights, load_checked, no_weights_error
 from .config import ResAttnCfg
@@ -45,6 +45,8 @@ __all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filte
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
 class ResidualAttentionNet(nn.Module):
     """ Residual Attention Network (Wang et al., CVPR 2017).
 
