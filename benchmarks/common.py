@@ -19,6 +19,7 @@ import timm
 import timm_resattn  # noqa: F401  (registers the models with timm)
 from timm_resattn.analysis.flops import count_macs as _count_macs
 from timm_resattn.analysis.fuse import fuse_bn
+from timm_resattn.train.loop import backward_and_step
 
 from .fuse_peers import register_timm_peers
 
@@ -138,13 +139,7 @@ def make_step(model: nn.Module, mode: str, cfg: BenchConfig, fuse_inplace: bool 
         optimizer.zero_grad(set_to_none=True)
         with autocast_ctx(cfg):
             loss = F.cross_entropy(fwd(x), target)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
 
     return Step(model, True, train_step)
 

@@ -43,7 +43,8 @@ from ..weights import METADATA_KEY, atomic_write, check_metadata, check_state_di
 from .cifar_data import normalize, stream_seed
 
 __all__ = [
-    'TrainingDiverged', 'Schedule', 'lr_at', 'data_normalization', 'train_step', 'evaluate', 'build_checkpoint',
+    'TrainingDiverged', 'Schedule', 'lr_at', 'data_normalization', 'train_step', 'backward_and_step', 'evaluate',
+    'build_checkpoint',
     'save_checkpoint_file', 'write_final_safetensors', 'load_resume_checkpoint', 'train_loop',
 ]
 
@@ -96,6 +97,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optio
             f'this state (try a smaller --lr)'
         )
     optimizer.zero_grad(set_to_none=True)
+    backward_and_step(loss, optimizer, scaler)
+    return value
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: Optional[torch.amp.GradScaler] = None) -> None:
+    """ ``loss.backward()`` and ``optimizer.step()``, through ``scaler`` (fp16 loss scaling) when given. """
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -103,7 +111,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optio
     else:
         loss.backward()
         optimizer.step()
-    return value
 
 
 @torch.no_grad()
