@@ -212,6 +212,11 @@ def test_output_folder_must_exist(image, tmp_path, capsys, command):
     assert not out.parent.exists()
 
 
+def test_convert_input_must_be_a_readable_file(tmp_path, capsys):
+    _fails(['convert', 'caffe', tmp_path, tmp_path / 'o.safetensors', '--model', 'resattnet56'], capsys,
+           'IN.caffemodel', 'not a file')
+
+
 def test_convert_checks_the_model_first(tmp_path, capsys):
     err = _fails(['convert', 'caffe', tmp_path / 'absent.caffemodel', tmp_path / 'o.safetensors', '--model', CIFAR],
                  capsys, 'resattnet56, resattnet92, resattnext56, resattnext92')

@@ -29,7 +29,12 @@ def _caffe(args: argparse.Namespace) -> int:
     check_output_path(args.output, 'OUT.safetensors', inputs=[args.input], force=args.force)
     if not os.path.exists(args.input):
         raise MissingFileError(f'IN.caffemodel: file not found: {args.input!r}')
-    blobs = read_caffemodel(args.input)
+    if not os.path.isfile(args.input):
+        raise CommandError(f'IN.caffemodel: {args.input!r} is not a file')
+    try:
+        blobs = read_caffemodel(args.input)
+    except OSError as e:
+        raise CommandError(f"IN.caffemodel: can't read {args.input!r}: {e.strerror or e}") from None
     state_dict = convert_caffe_blobs(blobs, args.model)
     model = timm.create_model(args.model, device='meta')
     metadata = {**model.weights_metadata(), 'source': 'caffe', 'caffemodel': os.path.basename(args.input)}
