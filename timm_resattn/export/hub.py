@@ -23,7 +23,7 @@ What the wrappers add to timm's functions:
 """
 import dataclasses
 import json
-import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -34,7 +34,7 @@ from huggingface_hub import HfApi
 
 from ..errors import ExportError
 from ..models.resattnet import ResidualAttentionNet, model_cfgs
-from ..weights import read_weight_file, save_state_dict
+from ..weights import atomic_write, read_weight_file, save_state_dict
 
 __all__ = ['architecture_args', 'model_card', 'save_pretrained', 'push_to_hub']
 
@@ -245,11 +245,8 @@ def save_pretrained(
             save_state_dict(read_weight_file(weights)[0], weights, metadata=model.weights_metadata())
         (tmp / 'README.md').write_text(generate_readme(card, name), encoding='utf-8')
         directory.mkdir(exist_ok=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644 & ~umask)
-            os.replace(f, directory / f.name)
+        for f in tmp.iterdir():  # each file moved in whole, with normal permissions
+            atomic_write(directory / f.name, lambda dst, src=f: shutil.move(src, dst))
     return directory
 
 

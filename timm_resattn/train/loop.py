@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import MissingFileError, ResAttnError, WeightsError
-from ..weights import METADATA_KEY, atomic_write, check_metadata, check_state_dict, save_state_dict
+from ..weights import METADATA_KEY, atomic_write, read_checkpoint, check_metadata, check_state_dict, save_state_dict
 from .cifar_data import normalize, stream_seed
 
 __all__ = [
@@ -186,7 +186,7 @@ def save_checkpoint_file(path: str, state: Dict[str, object]) -> None:
 def write_final_safetensors(checkpoint_path: str, out_path: str) -> None:
     """ THE place that writes the final weights (the ``state_dict`` of ``checkpoint_path``) as safetensors, with
     the checkpoint's architecture metadata in the header. """
-    best = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
+    best = read_checkpoint(checkpoint_path)
     save_state_dict(best['state_dict'], out_path, metadata=best.get(METADATA_KEY))
 
 
@@ -200,13 +200,9 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
     if not os.path.isfile(path):
         raise MissingFileError(f'--resume {path}: no such file')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch raises many types for a bad file)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise WeightsError(
-            f'--resume {path}: cannot read it as a checkpoint (corrupt, truncated or not a safe torch file): '
-            f'{type(e).__name__}: {first[:200]}'
-        ) from None
+        ckpt = read_checkpoint(path)
+    except WeightsError as e:
+        raise WeightsError(f'--resume {path}: cannot read it as a checkpoint: {e}') from None
     what = 'a training checkpoint of timm_resattn.train_cifar (last.pth.tar)'
     if not isinstance(ckpt, dict):
         raise WeightsError(f'--resume {path}: holds a {type(ckpt).__name__}, expected {what}')

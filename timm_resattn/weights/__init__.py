@@ -10,11 +10,11 @@ This layer never imports the models: a model brings its own ``checkpoint_filter_
 """
 from ..errors import WeightsError
 from .checks import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_metadata, check_state_dict
-from .files import METADATA_KEY, atomic_write, load_state_dict_file, read_weight_file, save_state_dict
+from .files import METADATA_KEY, atomic_write, load_state_dict_file, read_checkpoint, read_weight_file, save_state_dict
 from .loading import has_weights, load_checked, load_weights, no_weights_error
 
 __all__ = [
-    'WeightsError', 'read_weight_file', 'load_state_dict_file', 'save_state_dict', 'atomic_write', 'check_state_dict',
-    'check_metadata', 'load_checked', 'load_weights', 'has_weights', 'no_weights_error', 'METADATA_KEY',
-    'ARCHITECTURE_KEY', 'ARCH_CFG_KEY',
+    'WeightsError', 'read_weight_file', 'read_checkpoint', 'load_state_dict_file', 'save_state_dict', 'atomic_write',
+    'check_state_dict', 'check_metadata', 'load_checked', 'load_weights', 'has_weights', 'no_weights_error',
+    'METADATA_KEY', 'ARCHITECTURE_KEY', 'ARCH_CFG_KEY',
 ]

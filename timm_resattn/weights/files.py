@@ -28,7 +28,9 @@ import torch
 
 from ..errors import MissingFileError, WeightsError
 
-__all__ = ['METADATA_KEY', 'read_weight_file', 'load_state_dict_file', 'save_state_dict', 'atomic_write']
+__all__ = [
+    'METADATA_KEY', 'read_weight_file', 'read_checkpoint', 'load_state_dict_file', 'save_state_dict', 'atomic_write',
+]
 
 METADATA_KEY = 'timm_resattn_metadata'
 
@@ -209,6 +211,15 @@ def read_weight_file(path: Union[str, Path], use_ema: bool = True) -> Tuple[Dict
         obj = _torch_load_safe(path)
         metadata = _metadata_of(obj)
     return _unwrap(obj, path, use_ema), metadata
+
+
+def read_checkpoint(path: Union[str, Path]) -> Any:
+    """ The whole object of a ``torch.save`` file (e.g. a training checkpoint with its optimizer state), read with
+    ``torch.load(weights_only=True)``; a missing, corrupt or code-executing file raises like ``read_weight_file``. """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint not found: '{path}'")
+    return _torch_load_safe(path)
 
 
 def load_state_dict_file(path: Union[str, Path], use_ema: bool = True) -> Dict[str, torch.Tensor]:
