@@ -2,9 +2,9 @@
 from .attention import (
     AttentionModule, EncoderDecoderMask, LocalConvMask, MaskActivation, MaskHead, interpolate_like,
 )
-from .units import NeXtBottleneck, PreActBottleneck, PreActInceptionUnit, create_unit, register_unit
+from .units import NeXtBottleneck, PreActBottleneck, PreActInceptionUnit, ResidualUnit, create_unit, register_unit
 
 __all__ = [
     'AttentionModule', 'EncoderDecoderMask', 'LocalConvMask', 'MaskActivation', 'MaskHead', 'interpolate_like',
-    'NeXtBottleneck', 'PreActBottleneck', 'PreActInceptionUnit', 'create_unit', 'register_unit',
+    'NeXtBottleneck', 'PreActBottleneck', 'PreActInceptionUnit', 'ResidualUnit', 'create_unit', 'register_unit',
 ]

@@ -17,7 +17,8 @@ stage's own. The default 1 builds the official layout; parameter shapes never de
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
-from typing import Callable, Dict, List, Optional, Tuple, Type
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -29,33 +30,126 @@ from ..errors import check_choice
 from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
-    'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit', 'register_unit', 'create_unit',
-    'unit_preactivates_input', 'registered_units', 'dilation_kwargs',
+    'ResidualUnit', 'UnitSpec', 'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit',
+    'bottleneck_layers', 'register_unit', 'create_unit', 'unit_preactivates_input', 'registered_units',
+    'dilation_kwargs',
 ]
 
 
-class PreActUnit(nn.Module):
+@dataclass(frozen=True)
+class UnitSpec:
+    """ A unit's constructor arguments, resolved: what ``ResidualUnit._build`` builds from. """
+    in_chs: int
+    out_chs: int
+    mid_chs: int  # out_chs * bottle_ratio: the bottleneck width
+    stride: int
+    groups: int
+    dilation: int  # of every 3x3 conv: first_dilation, else dilation
+    act_layer: LayerType
+    norm_layer: Type[nn.Module]
+    dd: Dict[str, Any]
+
+    @property
+    def projects(self) -> bool:
+        """ True where the shortcut changes shape and so needs a 1x1 projection. """
+        return self.in_chs != self.out_chs or self.stride != 1
+
+
+class ResidualUnit(nn.Module):
+    """ Base of every residual unit: the one constructor signature ``create_unit`` calls, and drop-path.
+
+    ``bottle_ratio`` and ``groups`` default to the unit type's official values (``default_bottle_ratio``,
+    ``default_groups``). ``first_dilation`` (default: ``dilation``) dilates the unit's 3x3 convs, see the module
+    docstring. Subclasses build their layers in ``_build``, in the official parameter order.
+
+    Args:
+        in_chs: Input channels.
+        out_chs: Output channels.
+        stride: Stride of the unit (of its 3x3 convs and its projection shortcut).
+        bottle_ratio: Bottleneck width / ``out_chs``.
+        groups: Groups of the 3x3 conv (cardinality).
+        act_layer: Activation of the BN-activation layers.
+        norm_layer: Norm + activation layer (timm's ``BatchNormAct2d`` signature).
+        drop_path_rate: Stochastic depth on the residual branch.
+        dilation: Dilation of the unit's stage.
+        first_dilation: Dilation of this unit's 3x3 convs, where it differs from ``dilation`` (first unit of a
+            dilated stage).
+    """
+    default_bottle_ratio: float = 0.25
+    default_groups: int = 1
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            stride: int = 1,
+            bottle_ratio: Optional[float] = None,
+            groups: Optional[int] = None,
+            act_layer: LayerType = nn.ReLU,
+            norm_layer: Type[nn.Module] = BatchNormAct2d,
+            drop_path_rate: float = 0.,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        bottle_ratio = self.default_bottle_ratio if bottle_ratio is None else bottle_ratio
+        self._build(UnitSpec(
+            in_chs=in_chs,
+            out_chs=out_chs,
+            mid_chs=int(out_chs * bottle_ratio),
+            stride=stride,
+            groups=self.default_groups if groups is None else groups,
+            dilation=first_dilation or dilation,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            dd={'device': device, 'dtype': dtype},
+        ))
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.memory_efficient = False
+
+    def _build(self, s: UnitSpec) -> None:
+        raise NotImplementedError
+
+
+def bottleneck_layers(s: UnitSpec) -> Tuple[nn.Module, ...]:
+    """ The path both bottlenecks share, as ``(conv1x1, BN-act, conv3x3, BN-act, conv1x1)``: ``in -> mid`` 1x1,
+    the 3x3 with the unit's stride, groups and dilation, ``mid -> out`` 1x1; no conv biases.
+    """
+    return (
+        nn.Conv2d(s.in_chs, s.mid_chs, 1, bias=False, **s.dd),
+        s.norm_layer(s.mid_chs, act_layer=s.act_layer, **s.dd),
+        nn.Conv2d(
+            s.mid_chs, s.mid_chs, 3, stride=s.stride, padding=s.dilation, dilation=s.dilation, groups=s.groups,
+            bias=False, **s.dd),
+        s.norm_layer(s.mid_chs, act_layer=s.act_layer, **s.dd),
+        nn.Conv2d(s.mid_chs, s.out_chs, 1, bias=False, **s.dd),
+    )
+
+
+class PreActUnit(ResidualUnit):
     """ The pre-activation skeleton shared by ``PreActBottleneck`` and ``PreActInceptionUnit``::
 
         a   = ReLU(BN(x))                                   # norm1, Caffe's "<input blob>/bn"
         out = residual(a) + x                               # identity
         out = residual(a) + conv1x1(a, stride)              # downsample: reads the pre-activated input, no BN
 
-    Subclasses build their layers between ``_init_input_norm`` and ``_init_shortcut`` (which keeps the official
+    Subclasses build their layers in ``_build_residual`` (between ``norm1`` and ``downsample``, the official
     parameter order) and implement ``residual`` (and ``_forward_lean``, the same computation through
     ``layers.memory.bn_relu_conv``, used in training when ``memory_efficient`` is set).
     """
 
-    def _init_input_norm(self, in_chs: int, act_layer: LayerType, norm_layer: Type[nn.Module], dd: dict) -> None:
-        self.memory_efficient = False
-        self.norm1 = norm_layer(in_chs, act_layer=act_layer, **dd)
-
-    def _init_shortcut(self, in_chs: int, out_chs: int, stride: int, drop_path_rate: float, dd: dict) -> None:
-        if in_chs != out_chs or stride != 1:
-            self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd)
+    def _build(self, s: UnitSpec) -> None:
+        self.norm1 = s.norm_layer(s.in_chs, act_layer=s.act_layer, **s.dd)
+        self._build_residual(s)
+        if s.projects:
+            self.downsample = nn.Conv2d(s.in_chs, s.out_chs, 1, stride=s.stride, bias=False, **s.dd)
         else:
             self.downsample = None
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _build_residual(self, s: UnitSpec) -> None:
+        raise NotImplementedError
 
     def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -89,37 +183,13 @@ class PreActBottleneck(PreActUnit):
         out = y + x                             # identity
         out = y + conv1x1(a, stride)            # projection reads the *pre-activated* input, no BN
 
-    The output is the raw sum, no norm or activation after the add: the next consumer brings its own.
+    The output is the raw sum, no norm or activation after the add: the next consumer brings its own. Width is
+    ``out_chs * bottle_ratio`` (0.25 officially).
     """
+    default_bottle_ratio = 0.25
 
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            stride: int = 1,
-            bottle_ratio: float = 0.25,
-            groups: int = 1,
-            act_layer: LayerType = nn.ReLU,
-            norm_layer: Type[nn.Module] = BatchNormAct2d,
-            drop_path_rate: float = 0.,
-            dilation: int = 1,
-            first_dilation: Optional[int] = None,
-            device=None,
-            dtype=None,
-    ):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        first_dilation = first_dilation or dilation
-        mid_chs = int(out_chs * bottle_ratio)
-        self._init_input_norm(in_chs, act_layer, norm_layer, dd)
-        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
-        self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
-        self.conv2 = nn.Conv2d(
-            mid_chs, mid_chs, 3, stride=stride, padding=first_dilation, dilation=first_dilation, groups=groups,
-            bias=False, **dd)
-        self.norm3 = norm_layer(mid_chs, act_layer=act_layer, **dd)
-        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
-        self._init_shortcut(in_chs, out_chs, stride, drop_path_rate, dd)
+    def _build_residual(self, s: UnitSpec) -> None:
+        self.conv1, self.norm2, self.conv2, self.norm3, self.conv3 = bottleneck_layers(s)
 
     def zero_init_last(self):
         nn.init.zeros_(self.conv3.weight)
@@ -137,7 +207,7 @@ class PreActBottleneck(PreActUnit):
         return self.drop_path(y) + (outs[1] if self.downsample is not None else x)
 
 
-class NeXtBottleneck(nn.Module):
+class NeXtBottleneck(ResidualUnit):
     """ Post-activation ResNeXt bottleneck unit (Xie et al. 2017), as in the official AttentionNeXt files.
 
     Official Caffe layout (``<U>/branch1/conv{1,2,3}(/bn)``, ``<U>/branch2/conv1_1x1(/bn)``)::
@@ -148,45 +218,21 @@ class NeXtBottleneck(nn.Module):
 
     Width is ``out_chs * bottle_ratio`` (0.5 officially: 32x4d for 256 output channels).
     """
+    default_bottle_ratio = 0.5
+    default_groups = 32
 
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            stride: int = 1,
-            bottle_ratio: float = 0.5,
-            groups: int = 32,
-            act_layer: LayerType = nn.ReLU,
-            norm_layer: Type[nn.Module] = BatchNormAct2d,
-            drop_path_rate: float = 0.,
-            dilation: int = 1,
-            first_dilation: Optional[int] = None,
-            device=None,
-            dtype=None,
-    ):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        first_dilation = first_dilation or dilation
-        mid_chs = int(out_chs * bottle_ratio)
-        if mid_chs % groups:
-            raise ValueError(f'NeXtBottleneck: width {mid_chs} is not divisible by groups={groups}')
-        self.conv1 = nn.Conv2d(in_chs, mid_chs, 1, bias=False, **dd)
-        self.norm1 = norm_layer(mid_chs, act_layer=act_layer, **dd)
-        self.conv2 = nn.Conv2d(
-            mid_chs, mid_chs, 3, stride=stride, padding=first_dilation, dilation=first_dilation, groups=groups,
-            bias=False, **dd)
-        self.norm2 = norm_layer(mid_chs, act_layer=act_layer, **dd)
-        self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
-        self.norm3 = norm_layer(out_chs, apply_act=False, **dd)
-        if in_chs != out_chs or stride != 1:
+    def _build(self, s: UnitSpec) -> None:
+        if s.mid_chs % s.groups:
+            raise ValueError(f'NeXtBottleneck: width {s.mid_chs} is not divisible by groups={s.groups}')
+        self.conv1, self.norm1, self.conv2, self.norm2, self.conv3 = bottleneck_layers(s)
+        self.norm3 = s.norm_layer(s.out_chs, apply_act=False, **s.dd)
+        if s.projects:
             self.downsample = nn.Sequential()
-            self.downsample.add_module('conv', nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd))
-            self.downsample.add_module('norm', norm_layer(out_chs, apply_act=False, **dd))
+            self.downsample.add_module('conv', nn.Conv2d(s.in_chs, s.out_chs, 1, stride=s.stride, bias=False, **s.dd))
+            self.downsample.add_module('norm', s.norm_layer(s.out_chs, apply_act=False, **s.dd))
         else:
             self.downsample = None
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.act = get_act_layer(act_layer)(inplace=True)
-        self.memory_efficient = False
+        self.act = get_act_layer(s.act_layer)(inplace=True)
 
     def zero_init_last(self):
         nn.init.zeros_(self.norm3.weight)
@@ -223,44 +269,25 @@ class PreActInceptionUnit(PreActUnit):
 
     It has 1.04 C^2 weights against the pre-act bottleneck's 1.06 C^2 (1x1 in: 0.31, 3x3: 0.35, merge: 0.38).
     """
+    default_bottle_ratio = 0.125
 
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            stride: int = 1,
-            bottle_ratio: float = 0.125,
-            groups: int = 1,
-            act_layer: LayerType = nn.ReLU,
-            norm_layer: Type[nn.Module] = BatchNormAct2d,
-            drop_path_rate: float = 0.,
-            dilation: int = 1,
-            first_dilation: Optional[int] = None,
-            device=None,
-            dtype=None,
-    ):
-        dd = {'device': device, 'dtype': dtype}
-        super().__init__()
-        first_dilation = first_dilation or dilation
-        w = int(out_chs * bottle_ratio)  # C/8 by default
-        w_half = w // 2
-        self._init_input_norm(in_chs, act_layer, norm_layer, dd)
-        self.branch0 = nn.Conv2d(in_chs, w, 1, stride=stride, bias=False, **dd)
+    def _build_residual(self, s: UnitSpec) -> None:
+        w, w_half, dil, dd = s.mid_chs, s.mid_chs // 2, s.dilation, s.dd  # w = C/8 by default
+        self.branch0 = nn.Conv2d(s.in_chs, w, 1, stride=s.stride, bias=False, **dd)
         self.branch1 = nn.Sequential(
-            nn.Conv2d(in_chs, w, 1, bias=False, **dd),
-            norm_layer(w, act_layer=act_layer, **dd),
-            nn.Conv2d(w, w, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False, **dd),
+            nn.Conv2d(s.in_chs, w, 1, bias=False, **dd),
+            s.norm_layer(w, act_layer=s.act_layer, **dd),
+            nn.Conv2d(w, w, 3, stride=s.stride, padding=dil, dilation=dil, bias=False, **dd),
         )
         self.branch2 = nn.Sequential(
-            nn.Conv2d(in_chs, w_half, 1, bias=False, **dd),
-            norm_layer(w_half, act_layer=act_layer, **dd),
-            nn.Conv2d(w_half, w, 3, padding=first_dilation, dilation=first_dilation, bias=False, **dd),
-            norm_layer(w, act_layer=act_layer, **dd),
-            nn.Conv2d(w, w, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False, **dd),
+            nn.Conv2d(s.in_chs, w_half, 1, bias=False, **dd),
+            s.norm_layer(w_half, act_layer=s.act_layer, **dd),
+            nn.Conv2d(w_half, w, 3, padding=dil, dilation=dil, bias=False, **dd),
+            s.norm_layer(w, act_layer=s.act_layer, **dd),
+            nn.Conv2d(w, w, 3, stride=s.stride, padding=dil, dilation=dil, bias=False, **dd),
         )
-        self.norm2 = norm_layer(3 * w, act_layer=act_layer, **dd)
-        self.conv_merge = nn.Conv2d(3 * w, out_chs, 1, bias=False, **dd)
-        self._init_shortcut(in_chs, out_chs, stride, drop_path_rate, dd)
+        self.norm2 = s.norm_layer(3 * w, act_layer=s.act_layer, **dd)
+        self.conv_merge = nn.Conv2d(3 * w, s.out_chs, 1, bias=False, **dd)
 
     def zero_init_last(self):
         nn.init.zeros_(self.conv_merge.weight)
@@ -292,7 +319,7 @@ def register_unit(name: str, fn: Callable[..., nn.Module], preactivates_input: b
         fn: Constructor taking ``(in_chs, out_chs, stride=, bottle_ratio=, groups=, act_layer=, norm_layer=,
             drop_path_rate=, device=, dtype=)``, and ``dilation=`` / ``first_dilation=`` for nets built with
             ``output_stride`` 8 or 16 (passed only where a unit is dilated, so units without them still build
-            the stride-32 nets).
+            the stride-32 nets). A subclass of ``ResidualUnit`` has that signature and only implements ``_build``.
         preactivates_input: True if the unit applies its own BN-ReLU to its input (pre-activation), so that its
             output is a raw sum and whoever consumes it next (e.g. the mask head) must normalise it first.
     """
