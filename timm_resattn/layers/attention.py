@@ -217,23 +217,18 @@ class EncoderDecoderMask(nn.Module):
 
     ``down[i]`` runs after the i-th max-pool (``r`` units, ``2r`` for the lowest level); ``up[i]`` is the i-th merge
     on the way back up, deepest first (its skip unit reads the output of ``down[L-2-i]``). Returns M(x) at the
-    trunk's size. ``max_pool`` picks the pooling (``create_max_pool``; ``'caffe'`` officially).
+    trunk's size through ``head`` (a ``MaskHead``). ``make_unit`` builds each residual unit; ``max_pool`` picks the
+    pooling (``create_max_pool``; ``'caffe'`` officially).
     """
     up_level_cls = MaskUpLevel
 
     def __init__(
             self,
-            chs: int,
             levels: int,
             make_unit: Callable[[], nn.Module],
+            head: nn.Module,
             r: int = 1,
-            preact_head: bool = True,
-            mask_act: str = 'mixed',
-            act_layer: LayerType = nn.ReLU,
-            norm_layer: Callable[..., nn.Module] = BatchNormAct2d,
             max_pool: str = 'caffe',
-            device=None,
-            dtype=None,
     ):
         super().__init__()
         if levels < 1:
@@ -250,10 +245,7 @@ class EncoderDecoderMask(nn.Module):
             self.up_level_cls(make_unit(), nn.Sequential(*[make_unit() for _ in range(r)]))
             for _ in range(levels - 1)
         ])
-        self.head = MaskHead(
-            chs, preact=preact_head, mask_act=mask_act, act_layer=act_layer, norm_layer=norm_layer,
-            device=device, dtype=dtype,
-        )
+        self.head = head
 
     def hourglass(self, x: torch.Tensor) -> torch.Tensor:
         """ The bottom-up top-down path, up to (not including) the last upsampling to the trunk's size. """
@@ -296,29 +288,15 @@ class PytorchcvEncoderDecoderMask(EncoderDecoderMask):
 
 class LocalConvMask(nn.Module):
     """ The "local convolutions" soft mask of paper Table 4: residual units at full resolution, no down- or
-    up-sampling, followed by the same head as the encoder-decoder mask.
+    up-sampling, followed by the same head (a ``MaskHead``) as the encoder-decoder mask.
     """
 
-    def __init__(
-            self,
-            chs: int,
-            num_units: int,
-            make_unit: Callable[[], nn.Module],
-            preact_head: bool = True,
-            mask_act: str = 'mixed',
-            act_layer: LayerType = nn.ReLU,
-            norm_layer: Callable[..., nn.Module] = BatchNormAct2d,
-            device=None,
-            dtype=None,
-    ):
+    def __init__(self, num_units: int, make_unit: Callable[[], nn.Module], head: nn.Module):
         super().__init__()
         if num_units < 1:
             raise ValueError(f'the local-convolution mask needs at least one unit, got {num_units}')
         self.units = nn.Sequential(*[make_unit() for _ in range(num_units)])
-        self.head = MaskHead(
-            chs, preact=preact_head, mask_act=mask_act, act_layer=act_layer, norm_layer=norm_layer,
-            device=device, dtype=dtype,
-        )
+        self.head = head
 
     def forward(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
         return self.head(self.units(x))

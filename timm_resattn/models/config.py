@@ -119,6 +119,30 @@ class ResAttnCfg:
             )
         return replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
+    @classmethod
+    def cifar(cls, m: int, p: int = 1, t: int = 2, r: int = 1) -> 'ResAttnCfg':
+        """ CIFAR Attention-(36m+20) (paper §4.1): ResNet-164's pre-act bottleneck widths (16/32/64, outputs
+        64/128/256) at 32/16/8 px, ``m`` modules per stage, one mask max-pool per stage (32->16, 16->8, 8->4), three
+        tail units. The paper gives neither the widths nor the mask pooling: both are our reading.
+
+        Trunk depth: stem conv + 3 x 3 layers (stage-entry units) + 3m x 3(2p+t) (modules) + 3 x 3 (tail units)
+        + fc = 20 + 9m(2p+t), i.e. 36m+20 for p=1 t=2 and 452 for m=6 p=2 t=4.
+        """
+        return cls(
+            unit='preact',
+            stem_type='cifar',
+            stem_chs=16,
+            stage_chs=(64, 128, 256),
+            stage_strides=(1, 2, 2),
+            stage_units=(1, 1, 1),
+            stage_modules=(m, m, m),
+            stage_tail_units=(0, 0, 3),
+            mask_levels=(1, 1, 1),
+            p=p,
+            t=t,
+            r=r,
+        )
+
     @property
     def num_stages(self) -> int:
         return len(self.stage_chs)

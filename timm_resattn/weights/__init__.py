@@ -4,17 +4,21 @@
   never unrestricted unpickling) and :func:`save_state_dict` (atomic safetensors with metadata);
 * ``checks``: :func:`check_state_dict` (keys, shapes, dtypes, finite values, which architecture the keys belong to)
   and :func:`check_metadata` (the architecture and switches a file was written for);
-* ``loading``: :func:`load_checked`, the one loader behind every route, and :func:`load_weights`.
+* ``loading``: :func:`load_checked`, the one loader behind every route, :func:`load_weights`, and the pretrained
+  route's hooks (:func:`pretrained_kwargs`, :func:`checked_pretrained_filter`).
 
 This layer never imports the models: a model brings its own ``checkpoint_filter_fn`` and ``weights_metadata``.
 """
 from ..errors import WeightsError
 from .checks import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_metadata, check_state_dict
 from .files import METADATA_KEY, atomic_write, load_state_dict_file, read_checkpoint, read_weight_file, save_state_dict
-from .loading import has_weights, load_checked, load_weights, no_weights_error
+from .loading import (
+    checked_pretrained_filter, has_weights, load_checked, load_weights, no_weights_error, pretrained_kwargs,
+)
 
 __all__ = [
     'WeightsError', 'read_weight_file', 'read_checkpoint', 'load_state_dict_file', 'save_state_dict', 'atomic_write',
     'check_state_dict', 'check_metadata', 'load_checked', 'load_weights', 'has_weights', 'no_weights_error',
+    'checked_pretrained_filter', 'pretrained_kwargs',
     'METADATA_KEY', 'ARCHITECTURE_KEY', 'ARCH_CFG_KEY',
 ]

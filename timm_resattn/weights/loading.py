@@ -25,7 +25,10 @@ from ..errors import WeightsError
 from .checks import _as_tuple, _is_classifier_key, check_metadata, check_state_dict
 from .files import read_weight_file
 
-__all__ = ['load_checked', 'load_weights', 'has_weights', 'no_weights_error']
+__all__ = [
+    'load_checked', 'load_weights', 'has_weights', 'no_weights_error', 'checked_pretrained_filter',
+    'pretrained_kwargs',
+]
 
 FilterFn = Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
 
@@ -146,3 +149,41 @@ def no_weights_error(variant: str, tag: Optional[str]) -> WeightsError:
         f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')). Caffe weights of the official nets "
         f"convert with `timm-resattn convert caffe IN.caffemodel OUT.safetensors --model {variant}`."
     )
+
+
+def checked_pretrained_filter(filter_fn: FilterFn) -> FilterFn:
+    """ The pretrained filter for the weights timm reads itself (``hf-hub:``, ``local-dir:``, a state dict in the
+    cfg): ``filter_fn`` (the model's ``checkpoint_filter_fn``), then the same checks as every other route
+    (:func:`check_state_dict`), naming where the weights came from.
+    """
+    def pretrained_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+        state_dict = filter_fn(state_dict, model)
+        cfg = model.pretrained_cfg
+        source = f"Hugging Face Hub weights '{cfg.get('hf_hub_id')}'" if cfg.get('hf_hub_id') else (
+            f"weights in '{cfg.get('source')}:{cfg.get('file') or ''}'" if cfg.get('source') else
+            'the state_dict given in the pretrained cfg')
+        check_state_dict(state_dict, model, source=source)
+        return state_dict
+    return pretrained_filter_fn
+
+
+def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """ ``timm.create_model`` kwargs for ``pretrained=True``, checked before anything is built or downloaded.
+
+    A ``pretrained_cfg_overlay`` with a new ``file`` / ``url`` keeps ``custom_load=True`` (timm resets it for a new
+    source unless it is given), so those weights too go through the model's ``load_pretrained`` and so
+    :func:`load_checked`. A tag without weights raises :func:`no_weights_error` instead of building a randomly
+    initialised model.
+    """
+    from timm.models import resolve_pretrained_cfg
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay and (overlay.get('file') or overlay.get('url')):
+        kwargs = {**kwargs, 'pretrained_cfg_overlay': {'custom_load': True, **overlay}}
+    weights_cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
+    if not has_weights(weights_cfg):
+        raise no_weights_error(variant, weights_cfg.tag)
+    return kwargs
