@@ -211,3 +211,32 @@ def test_switches_through_train_py_model_kwargs():
     assert model.cfg.attention_residual is False and model.cfg.mask_act == 'spatial'
     assert model.cfg.stage_modules == (1, 2, 3, 0) and model.cfg.r == 2
     assert len(model.stages[2]) == 4
+
+
+def test_a_new_unit_type_plugs_in(monkeypatch):
+    """ The extension point CONTRIBUTING names: a ``ResidualUnit`` subclass implementing ``_build``, registered with
+    ``register_unit``, builds every place a unit goes (stage entry, trunk, mask, tail) with the config's widths. """
+    from timm_resattn.layers import units
+    from timm_resattn.layers.units import ResidualUnit, UnitSpec, register_unit
+
+    class PreActPlainUnit(units.PreActUnit):  # one pre-activated 3x3 conv (ResNet's basic path, shortened)
+        def _build_residual(self, s: UnitSpec) -> None:
+            self.conv = nn.Conv2d(s.in_chs, s.out_chs, 3, stride=s.stride, padding=1, bias=False, **s.dd)
+
+        def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
+            return self.conv(x_preact)
+
+    assert issubclass(PreActPlainUnit, ResidualUnit)
+    monkeypatch.setattr(units, '_UNITS', dict(units._UNITS))  # register into copies, restored after the test
+    monkeypatch.setattr(units, '_PREACT_UNITS', set(units._PREACT_UNITS))
+    register_unit('plain_test', PreActPlainUnit, preactivates_input=True)
+
+    model = timm.create_model('resattnet56_cifar', unit='plain_test', stage_modules=(1, 0, 0)).eval()
+    kinds = {type(m) for m in model.modules() if isinstance(m, ResidualUnit)}
+    assert kinds == {PreActPlainUnit}
+    assert model.stages[0][0].conv.weight.shape == (64, 16, 3, 3) and model.stages[0][0].downsample is not None
+    assert not isinstance(model.stages[0][1].mask.head.norm1, nn.Identity)  # pre-activated units: head normalises
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match='plain_test'):  # the unit choice lists the registered units
+        timm.create_model('resattnet56_cifar', unit='nope')
