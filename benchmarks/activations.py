@@ -20,7 +20,7 @@ Hacked together by the timm-resattn authors, Apache-2.0.
 import argparse
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -55,10 +55,13 @@ def _forward_saved(
     by_module: Dict[str, int] = defaultdict(int)
     stack: List[str] = []
     handles = []
+    def leave(_m: nn.Module, _args: Any, _out: Any) -> None:
+        stack.pop()  # returns None: a forward hook's non-None result would replace the module's output
+
     if per_module:
         for name, m in model.named_modules():
             handles.append(m.register_forward_pre_hook(lambda _m, _a, n=name: stack.append(n)))
-            handles.append(m.register_forward_hook(lambda _m, _a, _o: stack.pop() and None))
+            handles.append(m.register_forward_hook(leave))
 
     def pack(t: torch.Tensor):
         nonlocal total
@@ -114,17 +117,15 @@ def activation_rows(
         img_size: int = 224,
         budget_gib: float = 16.,
         batch_size: int = 2,
-        create_model: Optional[Callable[..., nn.Module]] = None,
 ) -> List[Dict[str, Any]]:
     """ Saved activation bytes per image of each model (fp32, training forward), without and with stage-level grad
     checkpointing (``set_grad_checkpointing``), and for ``ours`` also with ``memory_efficient=True`` ("lean"), with
     the largest batch whose activations + weights + grads + SGD momentum (3 x fp32 parameters) fit ``budget_gib``.
 
-    Deterministic and device-independent (CPU is used): it counts tensors, it does not measure an allocator.
+    Deterministic and device-independent (CPU is used): it counts tensors, it does not measure an allocator. The
+    models are the benchmark's (``common.create_model``: randomly initialised, 1000 classes).
     """
-    if create_model is None:
-        import timm
-        create_model = timm.create_model
+    from .common import create_model
     budget = budget_gib * (1 << 30)
     rows = []
     for name in names:
@@ -205,7 +206,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.table is not None:
         import json
 
-        import timm_resattn  # noqa: F401
         ours = [n for n in args.models if n.startswith('resatt')]
         rows = activation_rows(args.models, ours, args.img_size, args.memory_budget_gib, args.batch_size)
         args.table.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ register_timm_peers()  # --fuse-bn folds the ResNet peers' BNs like ours
 __all__ = [
     'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',
     'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT', 'RUNTIMES',
-    'make_runtime_step',
+    'make_runtime_step', 'ort_session',
 ]
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -68,9 +68,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def create_model(name: str) -> nn.Module:
-    """ A randomly initialised timm model (1000 classes), on the CPU in fp32. """
-    return timm.create_model(name, pretrained=False, num_classes=1000)
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """ A randomly initialised timm model (1000 classes), on the CPU in fp32; ``kwargs`` go to
+    ``timm.create_model`` (e.g. ``memory_efficient=True``).
+    """
+    return timm.create_model(name, pretrained=False, num_classes=1000, **kwargs)
 
 
 def count_params(model: nn.Module) -> int:
@@ -240,16 +242,11 @@ def make_runtime_step(
 
     if device.type != 'cpu':
         raise ValueError('the onnxruntime runtime is benchmarked on the CPU only')
-    import onnxruntime as ort
     if workdir is None:
         raise ValueError('the onnxruntime runtime needs a workdir for the ONNX file')
     path = Path(workdir) / f'{type(model).__name__}_{id(model)}.onnx'
     export_onnx(src, path, program=ep, **sizes)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
+    sess = ort_session(path)
     feed = {sess.get_inputs()[0].name: x.numpy()}
 
     def ort_step() -> None:
@@ -257,3 +254,18 @@ def make_runtime_step(
 
     return Step(model, False, ort_step), time.perf_counter() - t0
 
+
+def ort_session(path: Path, threads: Optional[int] = None, profile_prefix: Optional[Path] = None):
+    """ The onnxruntime session the benchmarks run an ONNX file in: CPU provider, all graph optimisations,
+    ``threads`` intra-op threads (default: as many as torch uses), one inter-op thread; with onnxruntime's profiler
+    on when ``profile_prefix`` is given (``sess.end_profiling()`` returns the JSON trace's path).
+    """
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])

@@ -1,13 +1,14 @@
 """ Training-step time of the plain vs the memory-efficient path (``memory_efficient=True``), interleaved.
 
-One step = forward + cross-entropy + backward + SGD (momentum 0.9) on a random batch. Both models start from the same
-weights; each repeat times ``--steps`` steps of one, then of the other (the order alternating between repeats), so
+One step = ``common.make_step``'s train step: forward + cross-entropy + backward + SGD (lr 0.01, momentum 0.9) on a
+random batch (the same batch for both). Both models start from the same weights (``common.create_model``: 1000
+classes); each repeat times ``--steps`` steps of one, then of the other (the order alternating between repeats), so
 that load from other processes on a shared machine hits both alike. Reports the median step time of each and their
 ratio, with the load average before and after.
 
 Usage::
 
-    python -m benchmarks.lean_speed resattnet56 --img-size 160 --batch-size 16 --threads 2 --repeats 7 --steps 3
+    python -m benchmarks.lean_speed resattnet56 --img-size 160 --batch-size 16 --threads 2 --repeats 7 --steps 2
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -19,20 +20,10 @@ import time
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
-
-
-def _step(model, opt, x, y):
-    opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    import timm
-
-    import timm_resattn  # noqa: F401
+    from .common import BenchConfig, create_model, make_step
 
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('model')
@@ -45,17 +36,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    plain = timm.create_model(args.model).train()
+    plain = create_model(args.model)
     lean = copy.deepcopy(plain)
     lean.set_memory_efficient(True)
     models = {'plain': plain, 'lean': lean}
-    for m in models.values():
+    cfg = BenchConfig(batch_size=args.batch_size, img_size=args.img_size, lr=0.01)
+    steps = {}
+    for k, m in models.items():
         m.set_grad_checkpointing(args.grad_checkpointing)
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    y = torch.randint(0, plain.num_classes, (args.batch_size,))
+        torch.manual_seed(1)  # the same random batch and targets for both
+        steps[k] = make_step(m, 'train', cfg)
     for k in models:  # warm-up
-        _step(models[k], opts[k], x, y)
+        steps[k]()
     times = {k: [] for k in models}
     load0 = os.getloadavg()
     for r in range(args.repeats):
@@ -63,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for k in order:
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                _step(models[k], opts[k], x, y)
+                steps[k]()
             times[k].append((time.perf_counter() - t0) / args.steps)
     load1 = os.getloadavg()
     med = {k: statistics.median(v) for k, v in times.items()}

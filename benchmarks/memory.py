@@ -11,7 +11,9 @@ benchmark starts ``python -m benchmarks.memory`` once per model. For each mode i
 Either way the figure covers the weights, (fused copy,) input, activations, workspace, and in ``train`` the
 gradients and the SGD momentum buffers: what running only this model costs, in MiB.
 
-Usage (internal): ``python -m benchmarks.memory '<json config>'`` prints one JSON line ``{"infer": MiB, ...}``.
+Usage (internal): ``python -m benchmarks.memory '<json config>'`` prints one JSON line ``{"infer": MiB, ...}``; the
+config has ``model``, ``modes``, ``cfg`` (``BenchConfig`` fields) and optionally ``threads``, ``steps`` and
+``model_kwargs`` (e.g. ``{"memory_efficient": true}``).
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -19,7 +21,7 @@ import gc
 import json
 import resource
 import sys
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -62,8 +64,16 @@ def _rss_peak_bytes(reset_ok: bool) -> int:
     return kib * 1024
 
 
-def measure_peak_memory(name: str, modes: Sequence[str], cfg: BenchConfig, steps: int = 2) -> Dict[str, float]:
-    """ Peak memory (MiB) of running ``steps`` steps of each mode of model ``name`` alone in this process. """
+def measure_peak_memory(
+        name: str,
+        modes: Sequence[str],
+        cfg: BenchConfig,
+        steps: int = 2,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> Dict[str, float]:
+    """ Peak memory (MiB) of running ``steps`` steps of each mode of model ``name`` (built by
+    ``common.create_model(name, **model_kwargs)``) alone in this process.
+    """
     cuda = torch.device(cfg.device).type == 'cuda'
     out: Dict[str, float] = {}
     for mode in modes:
@@ -76,7 +86,7 @@ def measure_peak_memory(name: str, modes: Sequence[str], cfg: BenchConfig, steps
         else:
             reset_ok = _reset_rss_peak()
             base = _rss_bytes()
-        step = make_step(create_model(name), mode, cfg, fuse_inplace=True)
+        step = make_step(create_model(name, **(model_kwargs or {})), mode, cfg, fuse_inplace=True)
         step.prepare()
         for _ in range(steps):
             step()
@@ -95,7 +105,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = BenchConfig(**{**args['cfg'], 'compile': False})
     if cfg.device == 'cuda':
         torch.backends.cudnn.benchmark = True
-    result = measure_peak_memory(args['model'], args['modes'], cfg, steps=args.get('steps', 2))
+    result = measure_peak_memory(
+        args['model'], args['modes'], cfg, steps=args.get('steps', 2), model_kwargs=args.get('model_kwargs'))
     print(json.dumps(result))
 
 

@@ -2,8 +2,9 @@
 
     python -m benchmarks.profile_ort --models resattnet56,resnet152 --threads 2 --batch-size 8 --img-size 224
 
-Each model is exported (``timm_resattn.export.export_onnx``), run ``--warmup`` times, then ``--iters`` times with
-onnxruntime's profiling on; prints per model the milliseconds per run of each ONNX op type (sum over nodes).
+Each model is exported (``timm_resattn.export.export_onnx``) and run in the benchmark's session
+(``common.ort_session``, ``--threads`` intra-op threads) with onnxruntime's profiling on, ``--warmup`` runs then
+``--iters`` runs; prints per model the milliseconds per run of each ONNX op type (sum over its nodes, timed runs only).
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -18,27 +19,20 @@ import torch
 
 
 def profile(name: str, threads: int, batch_size: int, img_size: int, warmup: int, iters: int, workdir: str):
-    import onnxruntime as ort
-
+    """ (ms per timed run, ms per run of each op type, nodes per op type) of ``name`` in onnxruntime on ``threads``
+    intra-op threads.
+    """
     import timm
     import timm_resattn  # noqa: F401
     from timm_resattn.export import export_onnx
+
+    from .common import ort_session
     model = timm.create_model(name).eval()
     sizes = {} if hasattr(model, 'min_input_size') else {'min_size': 32}
     path = export_onnx(model, Path(workdir) / f'{name}.onnx', **sizes)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.optimized_model_filepath = str(Path(workdir) / f'{name}.opt.onnx')
-    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
+    sess = ort_session(path, threads, profile_prefix=Path(workdir) / f'{name}_prof')
     feed = {sess.get_inputs()[0].name: torch.randn(batch_size, 3, img_size, img_size).numpy()}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(Path(workdir) / f'{name}_prof')
-    sess = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
-    for _ in range(warmup + iters):
+    for _ in range(warmup + iters):  # the warm-up runs are profiled too, and left out below
         sess.run(None, feed)
     prof = sess.end_profiling()
     events = json.loads(Path(prof).read_text())

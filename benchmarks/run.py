@@ -221,11 +221,6 @@ def _measure_memory(name: str, args: argparse.Namespace, cfg: BenchConfig) -> Di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _create_cpu(name: str, **kwargs):
-    """ ``common.create_model`` with model kwargs (``memory_efficient=True`` for the lean rows). """
-    return timm.create_model(name, pretrained=False, num_classes=1000, **kwargs)
-
-
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     """ Run the benchmark described by ``args`` (see ``parse_args``) and write the outputs; returns the JSON data. """
     if args.threads:
@@ -303,7 +298,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     activations: List[Dict[str, Any]] = []
     if not args.no_activations:
         print('saved activations ...', file=sys.stderr, flush=True)
-        activations = activation_rows(names, ours, args.img_size, args.memory_budget_gib, create_model=_create_cpu)
+        activations = activation_rows(names, ours, args.img_size, args.memory_budget_gib)
     saved_plain = {r['model']: r['saved_mib_per_img'] for r in activations if r['variant'] == 'plain'}
 
     rows: List[Dict[str, Any]] = []

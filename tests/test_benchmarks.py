@@ -5,13 +5,9 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not part of the installed package
-    sys.path.insert(0, str(REPO_ROOT))
+from helpers import REPO_ROOT  # conftest puts the repo root (for `benchmarks`) on sys.path
 
 
 @pytest.mark.subprocess
