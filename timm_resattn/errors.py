@@ -11,7 +11,7 @@ Each subclass also derives from the built-in exception that callers caught befor
 
 __all__ = [
     'ResAttnError', 'ConfigError', 'WeightsError', 'ConversionError', 'DataError', 'CommandError', 'MissingFileError',
-    'ExportError', 'check_choice',
+    'ExportError', 'MissingExtraError', 'check_choice',
 ]
 
 
@@ -43,12 +43,16 @@ class MissingFileError(ResAttnError, FileNotFoundError):
     """ A file the user named does not exist. """
 
 
+class MissingExtraError(ResAttnError, ModuleNotFoundError):
+    """ An optional package (an extra such as ``export``) is not installed; the message says what to install. """
+
+
 class CommandError(ResAttnError, ValueError):
     """ A command-line argument with a wrong value (the message names the flag). """
 
 
 def check_choice(field: str, value, choices) -> None:
-    """ The one check of a string switch (``ResAttnCfg`` and the layers that take the same switch call it):
+    """ The one check of a string switch (``ResAttnCfg.validate`` and the layers that take the switch call it):
     a ``ConfigError`` naming the field and the accepted values unless ``value`` is one of ``choices``. """
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{field}={value!r} is invalid: expected one of {', '.join(repr(c) for c in choices)}")

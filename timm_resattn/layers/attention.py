@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from timm.layers import BatchNormAct2d, LayerType, register_notrace_module
 
+from ..errors import check_choice
+
 from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
@@ -108,9 +110,8 @@ def create_max_pool(mode: str = 'caffe') -> nn.MaxPool2d:
     """
     if mode == 'caffe':
         return MaxPool2dCpuFast(kernel_size=3, stride=2, ceil_mode=True)
-    if mode == 'torch':
-        return MaxPool2dCpuFast(kernel_size=3, stride=2, padding=1)
-    raise ValueError(f'max_pool={mode!r} is not supported; expected one of {MAX_POOLS}')
+    check_choice('max_pool', mode, MAX_POOLS)
+    return MaxPool2dCpuFast(kernel_size=3, stride=2, padding=1)
 
 
 def interpolate_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -133,8 +134,7 @@ class MaskActivation(nn.Module):
 
     def __init__(self, mode: str = 'mixed', eps: float = 1e-5):
         super().__init__()
-        if mode not in MASK_ACTS:
-            raise ValueError(f"mask_act={mode!r} is not supported; expected one of {MASK_ACTS}")
+        check_choice('mask_act', mode, MASK_ACTS)
         self.mode = mode
         self.eps = eps
 
@@ -181,7 +181,7 @@ class MaskHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
             if self.memory_efficient and use_lean_path(self.norm2, x):
-                if isinstance(self.norm1, BatchNormAct2d):
+                if use_lean_path(self.norm1, x):  # an nn.Identity norm1 (post-activated input) takes the else
                     x = bn_relu_conv(self.norm1, [self.conv1], x)[0]
                 else:
                     x = self.conv1(self.norm1(x))
