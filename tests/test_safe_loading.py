@@ -88,8 +88,10 @@ def _evil_files(reference, tmp_path):
     raw2.write_bytes(pickle.dumps(sd, protocol=2))
     raw5 = tmp_path / 'evil_p5.pt'
     raw5.write_bytes(pickle.dumps(sd, protocol=5))
+    legacy = tmp_path / 'evil_legacy.pth'  # torch.save's pre-1.6 (non-zip) format
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
     assert not marker.exists()
-    return marker, [zipped, raw2, raw5]
+    return marker, [zipped, raw2, raw5, legacy]
 
 
 def test_code_executing_pickle_is_refused(reference, tmp_path):
@@ -224,3 +226,32 @@ def test_validation_on_other_routes(reference, tmp_path):
         timm.create_model(f'local-dir:{out}', pretrained=True)
     assert f"Can't load weights in 'local-dir:{out}' into {NAME}" in str(e.value)
     assert 'those of resattnet92_cifar' in str(e.value)
+
+
+def test_load_weights_not_strict_loads_what_fits(tmp_path):
+    """ ``strict=False``: the tensors whose name and shape fit are loaded, the rest keep their init. """
+    from timm_resattn.weights import load_weights
+    torch.manual_seed(0)
+    src = timm.create_model('resattnet56_cifar', num_classes=100)
+    sd = dict(src.state_dict(), extra_key=torch.zeros(1))
+    save_file(sd, str(tmp_path / 'w.safetensors'))
+    torch.manual_seed(1)
+    dst = timm.create_model('resattnet56_cifar', num_classes=10)
+    fc_before = dst.head.fc.weight.clone()
+    with pytest.raises(WeightsError):
+        load_weights(dst, tmp_path / 'w.safetensors')
+    load_weights(dst, tmp_path / 'w.safetensors', strict=False)
+    assert torch.equal(dst.stem.conv.weight, src.stem.conv.weight)
+    assert torch.equal(dst.head.fc.weight, fc_before)  # 100 classes don't fit 10: left as initialised
+
+
+def test_filter_unwraps_like_the_file_route():
+    """ ``checkpoint_filter_fn`` (hf-hub / state-dict routes) picks the same entry of a training checkpoint as the
+    file routes (EMA weights first, as timm) and strips DDP's and torch.compile's prefixes. """
+    from timm_resattn.models.resattnet import checkpoint_filter_fn
+    model = timm.create_model('resattnet56_cifar')
+    plain = {f'module.{k}': torch.zeros_like(v) for k, v in model.state_dict().items()}
+    ema = {f'_orig_mod.{k}': torch.ones_like(v) for k, v in model.state_dict().items()}
+    out = checkpoint_filter_fn({'state_dict': plain, 'state_dict_ema': ema, 'epoch': 3}, model)
+    assert out.keys() == model.state_dict().keys()
+    assert torch.equal(out['stem.conv.weight'], torch.ones_like(model.stem.conv.weight))

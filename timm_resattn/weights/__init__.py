@@ -11,13 +11,17 @@ This layer never imports the models: a model brings its own ``checkpoint_filter_
 """
 from ..errors import WeightsError
 from .checks import ARCH_CFG_KEY, ARCHITECTURE_KEY, check_metadata, check_state_dict
-from .files import METADATA_KEY, atomic_write, load_state_dict_file, read_checkpoint, read_weight_file, save_state_dict
+from .files import (
+    METADATA_KEY, atomic_write, load_state_dict_file, read_checkpoint, read_weight_file, save_state_dict,
+    unwrap_state_dict,
+)
 from .loading import (
     checked_pretrained_filter, has_weights, load_checked, load_weights, no_weights_error, pretrained_kwargs,
 )
 
 __all__ = [
     'WeightsError', 'read_weight_file', 'read_checkpoint', 'load_state_dict_file', 'save_state_dict', 'atomic_write',
+    'unwrap_state_dict',
     'check_state_dict', 'check_metadata', 'load_checked', 'load_weights', 'has_weights', 'no_weights_error',
     'checked_pretrained_filter', 'pretrained_kwargs',
     'METADATA_KEY', 'ARCHITECTURE_KEY', 'ARCH_CFG_KEY',

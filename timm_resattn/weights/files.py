@@ -30,6 +30,7 @@ from ..errors import MissingFileError, WeightsError
 
 __all__ = [
     'METADATA_KEY', 'read_weight_file', 'read_checkpoint', 'load_state_dict_file', 'save_state_dict', 'atomic_write',
+    'unwrap_state_dict',
 ]
 
 METADATA_KEY = 'timm_resattn_metadata'
@@ -103,7 +104,7 @@ def _torch_load_safe(path: Path) -> Any:
             f"Convert the file to .safetensors with a trusted tool, or upgrade PyTorch."
         ) from e
     except pickle.UnpicklingError as e:
-        unsafe = _unsafe_globals(path)
+        unsafe = _unsafe_globals(path) or re.findall(r'GLOBAL (\S+) was not an allowed global', str(e))
         if unsafe or 'GLOBAL' in str(e):
             names = f' ({_first(unsafe)})' if unsafe else ''
             raise WeightsError(
@@ -134,11 +135,36 @@ def _short(e: BaseException, n: int = 200) -> str:
     return msg if len(msg) <= n else msg[:n] + '...'
 
 
-def _unwrap(obj: Any, path: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
+def _select_state_dict(obj: Any, use_ema: bool = True) -> Any:
+    """ The state dict inside a training checkpoint (EMA weights first if ``use_ema``, as timm), else ``obj``. """
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = [k for k in _STATE_DICT_KEYS if (use_ema or 'ema' not in k) and isinstance(obj.get(k), Mapping)]
         if keys:
-            obj = obj[keys[0]]
+            return obj[keys[0]]
+    return obj
+
+
+def _strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for k, v in state_dict.items():
+        k = str(k)
+        while k.startswith(_WRAPPER_PREFIXES):
+            k = k.split('.', 1)[1]
+        out[k] = v
+    return out
+
+
+def unwrap_state_dict(obj: Any, use_ema: bool = True) -> Any:
+    """ A checkpoint's state dict as parameter names: the entry a training checkpoint keeps it in
+    (``state_dict_ema``, ``model_ema``, ``state_dict``, ``model``; EMA first if ``use_ema``, as timm does) and without
+    the ``module.`` / ``_orig_mod.`` prefixes of DataParallel/DDP and ``torch.compile``. Anything else is returned
+    as it is. """
+    obj = _select_state_dict(obj, use_ema)
+    return _strip_wrapper_prefixes(obj) if isinstance(obj, Mapping) else obj
+
+
+def _unwrap(obj: Any, path: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
+    obj = _select_state_dict(obj, use_ema)
     if not isinstance(obj, Mapping):
         raise WeightsError(
             f"'{path}' holds a {type(obj).__name__}, not a state dict (a mapping of parameter names to tensors).")
@@ -151,13 +177,7 @@ def _unwrap(obj: Any, path: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
             f"({_first(bad)}). Expected parameter names mapped to tensors, or a training checkpoint with one of "
             f"the entries {list(_STATE_DICT_KEYS)}."
         )
-    out = {}
-    for k, v in obj.items():
-        k = str(k)
-        while k.startswith(_WRAPPER_PREFIXES):
-            k = k.split('.', 1)[1]
-        out[k] = v
-    return out
+    return _strip_wrapper_prefixes(obj)
 
 
 def _metadata_of(obj: Any) -> Dict[str, str]:
@@ -227,6 +247,20 @@ def load_state_dict_file(path: Union[str, Path], use_ema: bool = True) -> Dict[s
     return read_weight_file(path, use_ema=use_ema)[0]
 
 
+def _current_umask() -> int:
+    """ The process umask, read without changing it where the OS tells it (Linux), else set-and-restore. """
+    try:
+        with open('/proc/self/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)  # briefly: another thread creating a file now would get 0022
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: Union[str, Path], write: Any, mode: int = 0o644) -> Path:
     """ Call ``write(tmp_path)`` for a temporary file beside ``path``, then move it into place.
 
@@ -241,9 +275,7 @@ def atomic_write(path: Union[str, Path], write: Any, mode: int = 0o644) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, mode & ~umask)
+        os.chmod(tmp, mode & ~_current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

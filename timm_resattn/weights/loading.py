@@ -67,8 +67,8 @@ def load_checked(
             (left at its init) when the model's ``num_classes`` differs from ``pretrained_cfg['num_classes']``, and
             a first conv with other input channels is adapted. Otherwise the weights must fit exactly.
         use_ema: For training checkpoints, prefer the EMA weights (as timm does).
-        strict: Check keys, shapes, dtypes and values and refuse any mismatch; ``False`` loads what fits (PyTorch's
-            ``load_state_dict(strict=False)``), after the metadata check.
+        strict: Check keys, shapes, dtypes and values and refuse any mismatch; ``False`` loads only the tensors
+            whose name and shape the model has (the rest keep their init), after the metadata check.
 
     Raises:
         MissingFileError, WeightsError: With a message naming the file and what is wrong (see ``check_state_dict``,
@@ -100,8 +100,10 @@ def load_checked(
     if strict:  # keys and shapes first (the clearer message when they differ), then what the file was written for
         check_state_dict(state_dict, model, source=what, drop_classifier=drop_classifier, adapt_in_chans=False)
     check_metadata(metadata, model, what)
-    if not strict:
-        model.load_state_dict(state_dict, strict=False)
+    if not strict:  # what fits: the tensors whose name and shape the model has; the rest keep their init
+        own = model.state_dict()
+        model.load_state_dict(
+            {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}, strict=False)
         return model
     if drop_classifier:
         state_dict = {k: v for k, v in state_dict.items() if not _is_classifier_key(k, classifiers)}
@@ -123,31 +125,31 @@ def load_weights(
 
     The checked counterpart of ``timm.models.load_checkpoint`` (validate.py ``--checkpoint``). For fine-tuning use
     ``timm.create_model(name, pretrained=True, num_classes=..., in_chans=..., pretrained_cfg_overlay=dict(file=path))``.
-    ``strict=False`` skips the key/shape check and loads what fits (PyTorch's ``load_state_dict(strict=False)``).
+    ``strict=False`` skips the key/shape check and loads only the tensors whose name and shape fit.
     """
     return load_checked(model, path, adapt=False, use_ema=use_ema, strict=strict)
 
 
 def has_weights(pretrained_cfg: Any) -> bool:
-    """ Whether a resolved ``PretrainedCfg`` points at any weights (a Hub id, local dir, file, URL or state dict). """
+    """ Whether a resolved ``PretrainedCfg`` points at any weights: timm's ``has_weights`` (a URL, file or Hub id),
+    a state dict, or a ``local-dir:`` / ``hf-hub:`` source. """
     if pretrained_cfg is None:
         return False
-    if getattr(pretrained_cfg, 'source', None) in ('hf-hub', 'local-dir'):
-        return True
-    return any(getattr(pretrained_cfg, k, None) for k in ('state_dict', 'file', 'hf_hub_id', 'url'))
+    return bool(pretrained_cfg.has_weights or pretrained_cfg.state_dict
+                or pretrained_cfg.source in ('hf-hub', 'local-dir'))
 
 
-def no_weights_error(variant: str, tag: Optional[str]) -> WeightsError:
-    """ The loud failure for ``pretrained=True`` on an architecture/tag without published weights. """
+def no_weights_error(variant: str, tag: Optional[str], hint: str = '') -> WeightsError:
+    """ The loud failure for ``pretrained=True`` on an architecture/tag without published weights; ``hint`` (from
+    the model family) says where weights could come from. """
     import timm
     available = timm.list_pretrained('resatt*')
     name = f'{variant}.{tag}' if tag else variant
     return WeightsError(
-        f"No pretrained weights exist for '{name}': the authors never released ImageNet weights for this "
-        f"architecture. Weights that do exist: {available or 'none'}. Use pretrained=False for random init, or "
-        f"load a checkpoint of your own with timm.create_model('{variant}', pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')). Caffe weights of the official nets "
-        f"convert with `timm-resattn convert caffe IN.caffemodel OUT.safetensors --model {variant}`."
+        f"No pretrained weights exist for '{name}': none were ever published for this architecture. Weights that do "
+        f"exist: {available or 'none'}. Use pretrained=False for random init, or load a checkpoint of your own with "
+        f"timm.create_model('{variant}', pretrained=True, pretrained_cfg_overlay=dict(file='path/to/"
+        f"weights.safetensors')).{' ' + hint if hint else ''}"
     )
 
 
@@ -167,13 +169,13 @@ def checked_pretrained_filter(filter_fn: FilterFn) -> FilterFn:
     return pretrained_filter_fn
 
 
-def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+def pretrained_kwargs(variant: str, kwargs: Dict[str, Any], no_weights_hint: str = '') -> Dict[str, Any]:
     """ ``timm.create_model`` kwargs for ``pretrained=True``, checked before anything is built or downloaded.
 
     A ``pretrained_cfg_overlay`` with a new ``file`` / ``url`` keeps ``custom_load=True`` (timm resets it for a new
     source unless it is given), so those weights too go through the model's ``load_pretrained`` and so
     :func:`load_checked`. A tag without weights raises :func:`no_weights_error` instead of building a randomly
-    initialised model.
+    initialised model (with ``no_weights_hint`` appended).
     """
     from timm.models import resolve_pretrained_cfg
     overlay = kwargs.get('pretrained_cfg_overlay')
@@ -185,5 +187,5 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
     )
     if not has_weights(weights_cfg):
-        raise no_weights_error(variant, weights_cfg.tag)
+        raise no_weights_error(variant, weights_cfg.tag, no_weights_hint)
     return kwargs
