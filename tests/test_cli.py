@@ -51,6 +51,9 @@ def test_classify_with_checkpoint(image_and_checkpoint, capsys):
     assert len(lines) == 4 and lines[1].startswith('1.')
     probs = [float(line.split('%')[0].split()[-1]) for line in lines[1:]]
     assert probs == sorted(probs, reverse=True)
+    # the old flags in their --flag=value form too
+    assert main([f'--image={img}', '--model=resattnet56_cifar', f'--checkpoint={ckpt}', '--topk=3']) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines
 
 
 def test_classify_errors(image_and_checkpoint, tmp_path, capsys):

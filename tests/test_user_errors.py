@@ -75,6 +75,26 @@ def test_command_refuses_string_bool(tmp_path, capsys):
     assert err.startswith('error: ') and 'attention_residual' in err and 'Traceback' not in err
 
 
+@pytest.mark.parametrize('kwarg, needle', [
+    ('checkpoint_path=/no/such.pth', 'not an architecture setting'),  # would bypass the checked loader
+    ('num_classes=abc', 'num_classes'),
+    ('drop_path_rate=2', 'drop_path_rate'),
+])
+def test_command_refuses_bad_constructor_kwargs(tmp_path, capsys, kwarg, needle):
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert cli_main(['classify', str(img), '--model', CIFAR, '--model-kwargs', kwarg]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and needle in err and 'Traceback' not in err, err
+
+
+def test_constructor_arguments_are_checked():
+    for kwargs, field in [(dict(num_classes=-1), 'num_classes'), (dict(in_chans=0), 'in_chans'),
+                          (dict(drop_rate=1.5), 'drop_rate'), (dict(num_classes=True), 'num_classes')]:
+        with pytest.raises(ConfigError, match=field):
+            timm.create_model(CIFAR, **kwargs)
+
+
 # --- weight files: dtypes, values, and what they were written for ----------------------------------------------
 
 @pytest.fixture(scope='module')
@@ -197,6 +217,13 @@ def test_visualize_never_overwrites_its_input(image, capsys):
     before = image.read_bytes()
     _fails(['visualize', image, '--model', CIFAR, '--out', image], capsys, 'input', '--out')
     assert image.read_bytes() == before
+
+
+def test_visualize_outputs_must_differ(image, tmp_path, capsys):
+    """ --responses naming the --out file (not written yet) would overwrite the mask figure with the bar chart. """
+    out = tmp_path / 'fig.png'
+    _fails(['visualize', image, '--model', CIFAR, '--out', out, '--responses', out], capsys, '--responses', 'output')
+    assert not out.exists()
 
 
 @pytest.mark.parametrize('command', ['visualize', 'convert'])

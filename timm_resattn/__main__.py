@@ -20,7 +20,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and (argv[0] in ('-h', '--help') or not argv[0].startswith('-')):  # a command (or a typo of one)
         return cli_main(argv, prog='python -m timm_resattn')
-    if '--image' not in argv:  # the model table, optionally --filter'ed
+    if not any(a == '--image' or a.startswith('--image=') for a in argv):  # the model table, maybe --filter'ed
         parser = CommandParser(prog='python -m timm_resattn', description=models_table.__doc__)
         models_table.configure(parser)
         command = models_table.run

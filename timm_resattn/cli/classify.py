@@ -27,7 +27,7 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
     """ Print the top-``topk`` classes of ``image``; user errors raise ``ResAttnError``s. """
     from timm.data import create_transform, resolve_data_config
 
-    img = open_image(image, flag='--image')
+    img = open_image(image)  # errors name it IMAGE (the positional argument; --image in the old form)
     model = create_model(model_name, pretrained, checkpoint, model_kwargs).eval()
     if not pretrained and not checkpoint:
         print('warning: no --pretrained or --checkpoint given: this is a randomly initialised network, '

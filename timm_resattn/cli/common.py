@@ -34,6 +34,11 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f'error: {message} (see {self.prog} --help)\n')
 
 
+# timm.create_model arguments that load weights or wrap the model: the commands' own flags do that, checked
+_WEIGHT_KWARGS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
+                  'features_only')
+
+
 def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Dict[str, object]:
     """ ``['attention_residual=False', 'stage_chs=(16, 32, 64)', 'mask_act=spatial']`` -> kwargs.
 
@@ -46,6 +51,10 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
         key = key.strip()
         if not sep or not key.isidentifier():
             raise CommandError(f'{flag} expects KEY=VALUE with KEY a name, got {item!r}')
+        if key in _WEIGHT_KWARGS:
+            raise CommandError(
+                f'{flag} {key}=...: not an architecture setting; weights come from --pretrained or --checkpoint '
+                f'(read and checked by timm_resattn.weights)')
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -185,16 +194,18 @@ def open_image(path: str, flag: str = 'IMAGE'):
 
 
 def check_output_path(path: str, flag: str, inputs: Sequence[str] = (), force: bool = True) -> str:
-    """ Refuse an output path whose folder does not exist, that is a folder, that is one of ``inputs`` (the
-    command would overwrite what it reads), or that exists when ``force`` is False. """
+    """ Refuse an output path whose folder does not exist, that is a folder, that is one of ``inputs`` (a file the
+    command reads, or another of its outputs: it would overwrite it), or that exists when ``force`` is False. """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CommandError(f'{flag} {path!r}: the folder {folder!r} does not exist')
     if os.path.isdir(path):
         raise CommandError(f'{flag} {path!r} is a folder; expected a file path')
     for src in inputs:
-        if os.path.exists(path) and os.path.exists(src) and os.path.samefile(path, src):
-            raise CommandError(f'{flag} {path!r} is also an input file; refusing to overwrite it')
+        same = os.path.samefile(path, src) if os.path.exists(path) and os.path.exists(src) else \
+            os.path.realpath(path) == os.path.realpath(src)  # another output of the same run, not written yet
+        if same:
+            raise CommandError(f'{flag} {path!r} is also an input file or another output; refusing to overwrite it')
     if not force and os.path.exists(path):
         raise CommandError(f'{flag} {path!r} exists; pass --force to overwrite it')
     return path

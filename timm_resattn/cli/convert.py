@@ -9,11 +9,9 @@ import argparse
 import os
 
 from ..errors import CommandError, MissingFileError
+from ..models.resattnet import CAFFE_NETS
 
-__all__ = ['CAFFE_MODELS', 'configure', 'run']
-
-# the nets with an official Caffe definition (and so a Caffe weight layout)
-CAFFE_MODELS = ('resattnet56', 'resattnet92', 'resattnext56', 'resattnext92')
+__all__ = ['configure', 'run']
 
 
 def _caffe(args: argparse.Namespace) -> int:
@@ -23,9 +21,9 @@ def _caffe(args: argparse.Namespace) -> int:
     from ..weights import save_state_dict
     from .common import check_output_path
 
-    if args.model not in CAFFE_MODELS:
+    if args.model not in CAFFE_NETS:
         raise CommandError(f'--model: unknown model {args.model!r} for Caffe weights; only the nets with an official '
-                           f'Caffe definition convert: {", ".join(CAFFE_MODELS)}')
+                           f'Caffe definition convert: {", ".join(CAFFE_NETS)}')
     check_output_path(args.output, 'OUT.safetensors', inputs=[args.input], force=args.force)
     if not os.path.exists(args.input):
         raise MissingFileError(f'IN.caffemodel: file not found: {args.input!r}')
@@ -67,7 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     caffe.add_argument('input', metavar='IN.caffemodel', help='binary Caffe weights (NetParameter)')
     caffe.add_argument('output', metavar='OUT.safetensors', help='the state_dict to write')
-    caffe.add_argument('--model', required=True, metavar='NAME', help=f'the net: {", ".join(CAFFE_MODELS)}')
+    caffe.add_argument('--model', required=True, metavar='NAME', help=f'the net: {", ".join(CAFFE_NETS)}')
     caffe.add_argument('--force', action='store_true', help='overwrite OUT if it exists')
     caffe.set_defaults(_convert=_caffe)
 

@@ -34,14 +34,33 @@ from ..layers.attention import create_max_pool
 from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
 from ..layers.memory import set_memory_efficient
 from ..layers.units import unit_preactivates_input
-from ..weights import ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs
+from ..errors import ConfigError
+from ..weights import (
+    ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs, unwrap_state_dict,
+)
 from .config import ResAttnCfg
 from .stages import create_stages
 
 __all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
 
+# the nets of the authors' Caffe deploy files (timm_resattn.convert.caffe converts their weights)
+CAFFE_NETS = ('resattnet56', 'resattnet92', 'resattnext56', 'resattnext92')
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _check_model_args(num_classes: Any, in_chans: Any, drop_rate: Any, drop_path_rate: Any) -> None:
+    """ The constructor's own numeric arguments (the architecture's are ``ResAttnCfg.validate``'s). """
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(num_classes) or num_classes < 0:
+        raise ConfigError(f'num_classes={num_classes!r} is invalid: expected an integer >= 0 (0: no classifier)')
+    if not is_int(in_chans) or in_chans < 1:
+        raise ConfigError(f'in_chans={in_chans!r} is invalid: expected an integer >= 1')
+    for name, rate in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ConfigError(f'{name}={rate!r} is invalid: expected a number in [0, 1)')
 
 
 class ResidualAttentionNet(nn.Module):
@@ -99,10 +118,12 @@ class ResidualAttentionNet(nn.Module):
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        _check_model_args(num_classes, in_chans, drop_rate, drop_path_rate)
         if kwargs:
             cfg = ResAttnCfg.from_overrides(cfg, kwargs)
         self.cfg = cfg = cfg.validate()
         self.num_classes = num_classes
+        self.in_chans = in_chans  # read by timm (get_model_input_config) and the exporters
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         act_layer = get_act_layer(act_layer)
@@ -343,8 +364,8 @@ model_cfgs = dict(
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet) -> Dict[str, torch.Tensor]:
-    """ Unwrap training checkpoints (``state_dict`` / ``model`` / ``state_dict_ema`` entries) and strip the
-    ``module.`` prefix DataParallel/DDP adds. Our own state_dicts pass through otherwise unchanged.
+    """ Unwrap training checkpoints and strip wrapper prefixes (``weights.unwrap_state_dict``: EMA weights first, as
+    timm and every file route here; ``module.``, ``_orig_mod.``). Our own state_dicts pass through unchanged.
 
     pytorchcv ResAttNet weights (recognised by ``features.init_block.*`` keys; e.g. the community resattnet56
     checkpoint, a ``{'state_dict': {'module.features...': ...}, 'optimizer': ..., ...}`` training dict) are renamed
@@ -352,24 +373,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet
     rejected with a ``ConversionError`` (a ``ValueError``) otherwise. Caffe weights go through
     ``timm_resattn.convert.caffe`` first.
     """
-    if isinstance(state_dict, dict):
-        for key in ('state_dict', 'model', 'state_dict_ema'):
-            if key in state_dict and isinstance(state_dict[key], dict):
-                state_dict = state_dict[key]
-                break
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith('module.'):
-            k = k[len('module.'):]
-        out[k] = v
+    out = unwrap_state_dict(state_dict)
     if is_pytorchcv_state_dict(out):
         out = convert_pytorchcv_state_dict(out, model)
     return out
 
 
 def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
-    if pretrained:
-        kwargs = pretrained_kwargs(variant, kwargs)  # fails loudly for a tag without weights
+    if pretrained:  # fails loudly for a tag without weights
+        hint = (f'The authors\' Caffe weights of this net (if you have them) convert with `timm-resattn convert caffe '
+                f'IN.caffemodel OUT.safetensors --model {variant}`.' if variant in CAFFE_NETS else '')
+        kwargs = pretrained_kwargs(variant, kwargs, no_weights_hint=hint)
     return build_model_with_cfg(
         ResidualAttentionNet,
         variant,
