@@ -17,7 +17,9 @@ import torch.nn as nn
 
 import timm
 from timm_resattn.errors import CommandError, ConfigError, MissingFileError
-from timm_resattn.export import export_min_size, export_onnx, export_program, resolve_size_range, verify_onnx
+from timm_resattn.export import (
+    export_min_size, export_onnx, export_program, program_size_range, resolve_size_range, verify_onnx,
+)
 from timm_resattn.layers.attention import AttentionModule, create_max_pool, max_pool_padded
 from timm_resattn.models.resattnet import model_cfgs
 
@@ -151,9 +153,11 @@ def test_onnx_round_trip(programs, tmp_path):
     import onnx
     import onnxruntime as ort
     model, ep = programs('resattnet56_cifar')
-    path = export_onnx(model, tmp_path / 'net.onnx', program=ep)
-    assert sorted(os.listdir(tmp_path)) == ['net.onnx']  # no temporary file left behind
     lo = export_min_size(model)
+    assert program_size_range(ep) == (lo, 1024)
+    # with a program, its own range is what the file records (a different max_size argument can't change it)
+    path = export_onnx(model, tmp_path / 'net.onnx', program=ep, max_size=512)
+    assert sorted(os.listdir(tmp_path)) == ['net.onnx']  # no temporary file left behind
     errors = verify_onnx(path, model, sizes=[(lo, lo), (33, 17), (40, 64), (65, 65)], batch_size=2, threads=1)
     assert max(errors.values()) < 1e-4, errors
     proto = onnx.load(str(path), load_external_data=False)

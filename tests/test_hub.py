@@ -260,3 +260,22 @@ def test_push_to_hub_uploads_the_save_pretrained_layout(exported, monkeypatch):
     header = json.loads(upload['files']['model.safetensors'][8:8 + int.from_bytes(
         upload['files']['model.safetensors'][:8], 'little')])
     assert header['__metadata__'] == metadata == {'format': 'pt', **model.weights_metadata()}
+
+
+def test_push_to_hub_refuses_a_model_before_creating_the_repo(monkeypatch):
+    """ A model that can't be exported (here: pruned) is refused before any repository is created on the Hub. """
+    from timm_resattn.errors import ExportError
+    created = []
+
+    class _RecordingHfApi(_FakeHfApi):
+        def create_repo(self, repo_id, private=False, exist_ok=False):
+            created.append(repo_id)
+            return super().create_repo(repo_id, private=private, exist_ok=exist_ok)
+
+    monkeypatch.setattr(hub, 'HfApi', _RecordingHfApi)
+    _FakeHfApi.uploads.clear()
+    pruned = timm.create_model(NAME)
+    pruned.prune_intermediate_layers(indices=[1])
+    with pytest.raises(ExportError, match='prune_intermediate_layers'):
+        hub.push_to_hub(pruned, f'org/{NAME}.pruned')
+    assert created == [] and _FakeHfApi.uploads == []

@@ -7,10 +7,11 @@ The ONNX functions need the ``export`` extra (onnx, onnxscript; onnxruntime to v
 from .aoti import compile_aoti, load_aoti
 from .onnx import export_onnx, require_onnx, verify_onnx
 from .program import (
-    DEFAULT_MAX_SIZE, dynamic_shapes, export_min_size, export_program, model_in_chans, resolve_size_range,
+    DEFAULT_MAX_SIZE, dynamic_shapes, export_min_size, export_program, model_in_chans, program_size_range,
+    resolve_size_range,
 )
 
 __all__ = [
     'export_program', 'dynamic_shapes', 'export_min_size', 'resolve_size_range', 'model_in_chans', 'DEFAULT_MAX_SIZE',
-    'export_onnx', 'verify_onnx', 'require_onnx', 'compile_aoti', 'load_aoti',
+    'program_size_range', 'export_onnx', 'verify_onnx', 'require_onnx', 'compile_aoti', 'load_aoti',
 ]

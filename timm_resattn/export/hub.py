@@ -34,7 +34,7 @@ from huggingface_hub import HfApi
 
 from ..errors import ExportError
 from ..models.resattnet import ResidualAttentionNet, model_cfgs
-from ..weights import atomic_write, read_weight_file, save_state_dict
+from ..weights import atomic_write, save_state_dict
 
 __all__ = ['architecture_args', 'model_card', 'save_pretrained', 'push_to_hub']
 
@@ -67,7 +67,7 @@ def _check_rebuildable(model: torch.nn.Module, arch: str, args: Dict[str, Any]) 
     ``prune_intermediate_layers``, modules swapped): its export would be a folder that fails to load. """
     import timm
     rebuilt = timm.create_model(
-        arch, device='meta', num_classes=model.num_classes, in_chans=model.stem.conv.in_channels, **args)
+        arch, device='meta', num_classes=model.num_classes, in_chans=model.in_chans, **args)
     want = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if want != have:
@@ -221,9 +221,6 @@ def save_pretrained(
     refused unless ``overwrite=True``; other files in it are never touched. A model that can't be rebuilt from its
     architecture (BN-folded, pruned) is refused.
     """
-    from timm.models import save_for_hf
-    from timm.models._hub import generate_readme  # timm exports no public name for it
-
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ExportError(f"can't export into '{directory}': it is a file, not a folder")
@@ -235,19 +232,35 @@ def save_pretrained(
             f"'{directory}' already holds {', '.join(present)}: saving would overwrite them. Choose an empty "
             f"folder, or pass overwrite=True.")
     args = _export_args(model, model_args)
+    _write_export(model, directory, args, repo_id, model_card_extra, model_config, safe_serialization)
+    return directory
+
+
+def _write_export(
+        model: torch.nn.Module,
+        directory: Path,
+        args: Dict[str, Any],
+        repo_id: Optional[str],
+        model_card_extra: Optional[Dict[str, Any]],
+        model_config: Optional[Dict[str, Any]],
+        safe_serialization: Union[bool, str],
+) -> None:
+    """ ``save_pretrained``'s writing, for a model and reconstruction ``args`` already checked (``_export_args``). """
+    from timm.models import save_for_hf
+    from timm.models._hub import generate_readme  # timm exports no public name for it
+
     card = model_card(model, repo_id=repo_id, model_card_extra=model_card_extra, model_args=args)
     name = repo_id.split('/')[-1] if repo_id else directory.name
     with tempfile.TemporaryDirectory(prefix=f'.{directory.name}.', dir=directory.parent) as tmp:
         tmp = Path(tmp)
         save_for_hf(model, tmp, model_config=model_config, model_args=args, safe_serialization=safe_serialization)
         weights = tmp / 'model.safetensors'
-        if weights.exists():  # rewrite with the architecture metadata
-            save_state_dict(read_weight_file(weights)[0], weights, metadata=model.weights_metadata())
+        if weights.exists():  # the same tensors, with the architecture metadata in the header
+            save_state_dict(model.state_dict(), weights, metadata=model.weights_metadata())
         (tmp / 'README.md').write_text(generate_readme(card, name), encoding='utf-8')
         directory.mkdir(exist_ok=True)
         for f in tmp.iterdir():  # each file moved in whole, with normal permissions
             atomic_write(directory / f.name, lambda dst, src=f: shutil.move(src, dst))
-    return directory
 
 
 def push_to_hub(
@@ -270,13 +283,13 @@ def push_to_hub(
     """
     from timm import __version__ as timm_version
 
+    args = _export_args(model, model_args)  # refuse a model that can't be exported before touching the Hub
     api = HfApi(token=token, library_name='timm', library_version=timm_version)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     has_readme = api.file_exists(repo_id=repo_id, filename='README.md', revision=revision)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_pretrained(
-            model, Path(tmp) / repo_id.split('/')[-1], model_card_extra=model_card_extra, repo_id=repo_id,
-            model_args=model_args, model_config=model_config, safe_serialization=safe_serialization)
+        folder = Path(tmp) / repo_id.split('/')[-1]
+        _write_export(model, folder, args, repo_id, model_card_extra, model_config, safe_serialization)
         if has_readme:
             (folder / 'README.md').unlink()
         return api.upload_folder(

@@ -18,9 +18,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..errors import CommandError, ConfigError, MissingFileError, ResAttnError
+from ..errors import CommandError, ConfigError, MissingExtraError, MissingFileError
 from ..weights import atomic_write
-from .program import DEFAULT_MAX_SIZE, export_program, model_in_chans, resolve_size_range
+from .program import DEFAULT_MAX_SIZE, export_program, model_in_chans, program_size_range, resolve_size_range
 
 __all__ = [
     'export_onnx', 'verify_onnx', 'require_onnx', 'fuse_pad_into_max_pool', 'MissingExtraError', 'DEFAULT_OPSET',
@@ -29,8 +29,6 @@ __all__ = [
 DEFAULT_OPSET = 18
 
 
-class MissingExtraError(ResAttnError, ModuleNotFoundError):
-    """ An optional package (the ``export`` extra) is not installed; the message says what to install. """
 
 INPUT_NAME = 'input'
 OUTPUT_NAME = 'output'
@@ -144,7 +142,8 @@ def export_onnx(
         optimize: Run the exporter's ONNX graph optimisation (constant folding, redundant-op removal), then fold
             the Caffe pools' ``-inf`` pads into their ``MaxPool`` s (``fuse_pad_into_max_pool``).
         program: An ``ExportedProgram`` of ``model`` from ``export_program`` to translate instead of exporting
-            again (``min_size``/``max_size``/``dynamic_batch`` are then those it was exported with).
+            again (``min_size``/``max_size``/``dynamic_batch`` are then those it was exported with, and the metadata
+            records its range).
 
     Returns:
         ``path`` as a ``Path``.
@@ -153,9 +152,11 @@ def export_onnx(
     path = _check_path(path)
     if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= 23:
         raise ConfigError(f'opset must be an ONNX opset version between 17 and 23, got {opset!r}')
-    min_size, max_size = resolve_size_range(model, min_size, max_size)
     if program is None:
+        min_size, max_size = resolve_size_range(model, min_size, max_size)
         program = export_program(model, min_size=min_size, max_size=max_size, dynamic_batch=dynamic_batch)
+    else:  # the metadata records the range the program was exported with
+        min_size, max_size = program_size_range(program) or resolve_size_range(model, min_size, max_size)
     example = program.example_inputs[0] if program.example_inputs else None
     onnx_program = torch.onnx.export(
         program,

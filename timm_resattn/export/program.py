@@ -31,13 +31,17 @@ from ..errors import ConfigError
 
 __all__ = [
     'export_program', 'dynamic_shapes', 'resolve_size_range', 'export_min_size', 'model_in_chans', 'DEFAULT_MAX_SIZE',
+    'program_size_range',
 ]
 
 DEFAULT_MAX_SIZE = 1024
 
 
 def model_in_chans(model: nn.Module) -> int:
-    """ Input channels of ``model``: those of its first ``Conv2d`` (3 for every net here). """
+    """ Input channels of ``model``: its ``in_chans`` (timm's attribute, also on features_only wrappers), else those
+    of its first ``Conv2d``. """
+    if isinstance(getattr(model, 'in_chans', None), int):
+        return model.in_chans
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m.in_channels
@@ -86,6 +90,22 @@ def resolve_size_range(model: nn.Module, min_size: Optional[int] = None, max_siz
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < min_size:
         raise ConfigError(f'max_size must be an integer >= min_size={min_size}, got {max_size!r}')
     return min_size, max_size
+
+
+def program_size_range(program: Any) -> Optional[Tuple[int, int]]:
+    """ The ``(min, max)`` input height/width an ``ExportedProgram`` accepts, read from its range constraints;
+    None where its input has no symbolic height and width. """
+    graph, signature = getattr(program, 'graph', None), getattr(program, 'graph_signature', None)
+    if graph is None or signature is None:
+        return None
+    for node in graph.nodes:
+        if node.op == 'placeholder' and node.name in signature.user_inputs:
+            dims = node.meta['val'].shape[2:]
+            ranges = [program.range_constraints.get(d.node.expr) for d in dims if isinstance(d, torch.SymInt)]
+            if len(ranges) != 2 or not all(ranges):
+                return None
+            return max(int(r.lower) for r in ranges), min(int(r.upper) for r in ranges)
+    return None
 
 
 def dynamic_shapes(
