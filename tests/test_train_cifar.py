@@ -19,6 +19,8 @@ NARROW = ['--model', 'resattnet56_cifar', '--model-kwargs', 'stage_chs=(16, 32, 
 NARROW_KWARGS = dict(stage_chs=(16, 32, 64), stem_chs=8)
 CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # faster than 2 on a shared 2-core box, and deterministic
+
 
 def write_cifar10(root, n_per_batch=40, n_test=80, num_used_classes=4, seed=0):
     """ CIFAR-10's python format: 5 training pickles, a test pickle and batches.meta; images are noisy flat colours,
@@ -47,14 +49,6 @@ def write_cifar10(root, n_per_batch=40, n_test=80, num_used_classes=4, seed=0):
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than 2 on a shared 2-core box, and deterministic
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
     return str(write_cifar10(tmp_path_factory.mktemp('cifar')))
@@ -69,12 +63,16 @@ def _run(data_dir, out, *extra):
 def trained(data_dir, tmp_path_factory):
     """ 30 iterations (lr 0.1, /10 at 12 and 18), logging every 5 and testing every 15. """
     out = tmp_path_factory.mktemp('run')
-    torch.set_num_threads(1)
     import io
     from contextlib import redirect_stdout
     buf = io.StringIO()
-    with redirect_stdout(buf):
-        summary = _run(data_dir, out, '--iters', '30', '--log-every', '5', '--eval-every', '15')
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # whatever order the module fixtures are set up in
+    try:
+        with redirect_stdout(buf):
+            summary = _run(data_dir, out, '--iters', '30', '--log-every', '5', '--eval-every', '15')
+    finally:
+        torch.set_num_threads(num_threads)
     return out, summary, buf.getvalue()
 
 
@@ -209,6 +207,21 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     for k, v in full['state_dict'].items():
         assert torch.equal(v, resumed['state_dict'][k]), k
     assert full['metric'] == resumed['metric']
+
+
+@pytest.mark.parametrize('training', [False, True], ids=['eval', 'train'])
+def test_evaluate_keeps_the_mode_it_was_given(training):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 2 * 2, 3), torch.nn.Dropout(0.5))
+    model.train(training)
+    modes = []
+    model.register_forward_hook(lambda m, args, out: modes.append(m.training))
+    images = torch.randint(0, 256, (5, 3, 2, 2), dtype=torch.uint8)
+    norm = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
+    acc, loss = train_cifar.evaluate(model, images, torch.tensor([0, 1, 2, 0, 1]), norm, torch.device('cpu'), None,
+                                     batch_size=2)
+    assert 0.0 <= acc <= 100.0 and loss >= 0.0
+    assert modes == [False] * 3  # 3 batches, each in eval mode
+    assert all(m.training == training for m in model.modules())  # and the mode it had on entry is back
 
 
 def test_data_order_independent_of_workers(data_dir):

@@ -117,18 +117,21 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, normalization: Dict[str, object],
              device: torch.device, amp_dtype: Optional[torch.dtype], batch_size: int = 500) -> Tuple[float, float]:
     """ (top-1 accuracy in %, mean cross-entropy) on a uint8 test set, normalised as in training, no
-    augmentation.
+    augmentation. Runs in eval mode; the model is left in the mode it had on entry.
     """
+    was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
-    for i in range(0, len(images), batch_size):
-        x = normalize(images[i:i + batch_size].to(device), normalization['mean'], normalization['std'])
-        y = labels[i:i + batch_size].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction='sum').item()
-        correct += (out.argmax(dim=1) == y).sum().item()
-    model.train()
+    try:
+        for i in range(0, len(images), batch_size):
+            x = normalize(images[i:i + batch_size].to(device), normalization['mean'], normalization['std'])
+            y = labels[i:i + batch_size].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(x)
+            loss_sum += F.cross_entropy(out.float(), y, reduction='sum').item()
+            correct += (out.argmax(dim=1) == y).sum().item()
+    finally:
+        model.train(was_training)
     n = max(len(images), 1)
     return 100.0 * correct / n, loss_sum / n
 
