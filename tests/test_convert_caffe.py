@@ -19,6 +19,7 @@ from timm_resattn.convert import CaffeModelError, caffe_param_map, convert_caffe
 from timm_resattn.convert.__main__ import main as convert_main
 from timm_resattn.models.resattnet import ResidualAttentionNet, model_cfgs
 
+from helpers import rel_err
 from caffe_reference import (
     OFFICIAL_NETS, encode_blob, encode_caffemodel, encode_layer, encode_net, encode_v1_layer, official_graph,
     param_layers, random_caffe_blobs, run_caffe_net, unknown_fields,
@@ -28,17 +29,8 @@ OFFICIAL = list(OFFICIAL_NETS)
 _KIND = {'Convolution': 'conv', 'BN': 'bn', 'InnerProduct': 'fc'}
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
-
-
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """ One intra-op thread: on a small shared CPU, OpenMP spin-waiting makes these big convs 10x slower. """
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
+# one intra-op thread: on a small shared CPU, OpenMP spin-waiting makes these big convs 10x slower
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
@@ -121,7 +113,7 @@ def test_converted_model_matches_caffe(variant, sizes, bn_shape, as_tensors):
             out = model(x)
             ref = run_caffe_net(graph, blobs, x)  # float64 execution of the deploy graph
         assert out.shape == ref.shape == (x.shape[0], 1000)
-        assert _rel_err(out, ref) < 1e-5, (variant, size)
+        assert rel_err(out, ref) < 1e-5, (variant, size)
 
 
 def test_bn_inv_std_becomes_running_var(net56):

@@ -8,6 +8,7 @@ import timm_resattn  # noqa: F401
 from timm.layers import BatchNormAct2d
 from timm_resattn.analysis.fuse import count_bn, find_conv_bn_pairs, fuse_bn
 from timm_resattn.layers.units import PreActBottleneck
+from helpers import rel_norm_err
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -23,10 +24,6 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / a.norm()).item()
-
-
 @pytest.mark.parametrize('name', ['resattnet56', 'resattnext56'])
 def test_fuse_bn_matches_eval_output(name):
     torch.manual_seed(0)
@@ -38,7 +35,7 @@ def test_fuse_bn_matches_eval_output(name):
     with torch.no_grad():
         ref = model(x)
         out = fused(x)
-    assert _rel_err(ref, out) < 1e-5
+    assert rel_norm_err(out, ref) < 1e-5
     assert count_bn(fused) < count_bn(model)
     assert count_bn(model) == before  # the default works on a copy: the original keeps every BN
 
@@ -53,7 +50,7 @@ def test_fuse_bn_exact_in_float64(name):
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     fused = fuse_bn(model)
     with torch.no_grad():
-        assert _rel_err(model(x), fused(x)) < 1e-10
+        assert rel_norm_err(fused(x), model(x)) < 1e-10
     assert all(p.dtype == torch.float64 for p in fused.parameters())
 
 
@@ -88,7 +85,7 @@ def test_fuse_bn_inplace():
     assert out_model is model
     assert count_bn(model) < before
     with torch.no_grad():
-        assert _rel_err(ref, model(x)) < 1e-5
+        assert rel_norm_err(model(x), ref) < 1e-5
 
 
 def test_fuse_bn_training_mode_raises():
@@ -111,7 +108,7 @@ def test_fuse_bn_timm_peers(name):
     x = torch.randn(1, 3, 64, 64)
     fused = fuse_bn(model)
     with torch.no_grad():
-        assert _rel_err(model(x), fused(x)) < 1e-5
+        assert rel_norm_err(fused(x), model(x)) < 1e-5
     assert count_bn(fused) < count_bn(model)
 
 
@@ -124,4 +121,4 @@ def test_find_pairs_skips_conv_with_activation_between():
     fused = fuse_bn(model)
     assert isinstance(fused[2], nn.BatchNorm2d) and isinstance(fused[4], nn.Identity)
     with torch.no_grad():
-        assert _rel_err(model(x), fused(x)) < 1e-5
+        assert rel_norm_err(fused(x), model(x)) < 1e-5

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import timm
 import timm_resattn  # noqa: F401  (registers the models)
+from helpers import NARROW_IMAGENET
 from timm_resattn.layers.attention import AttentionModule
 from timm_resattn.analysis.masks import (
     MaskRecord, MaskRecorder, ResponseRecorder, extract_masks, find_attention_modules, find_stage_modules,
@@ -14,8 +15,6 @@ from timm_resattn.analysis.masks import (
 )
 
 IMG = 48  # small input: stem -> 12x12, stages -> 12, 6, 3, 2
-# resattnet56 at 1/8 width: same layout and modules, ~60x less compute (2 slow CPU cores are shared)
-NARROW = dict(stem_chs=16, stage_chs=(32, 64, 128, 256))
 
 
 def _no_hooks_left(model: nn.Module) -> bool:
@@ -55,7 +54,7 @@ class _ToyNet(nn.Module):
 def model():
     # the full-width resattnet56 runs end to end in tests/test_visualize.py::test_main_untrained
     torch.manual_seed(0)
-    return timm.create_model('resattnet56', **NARROW).eval()
+    return timm.create_model('resattnet56', **NARROW_IMAGENET).eval()
 
 
 @pytest.fixture(scope='module')
@@ -168,7 +167,7 @@ def test_stage_index():
 def test_features_only():
     """ features_only nets (FeatureListNet, flattened names): masks and stage responses of one forward. """
     torch.manual_seed(0)
-    fm = timm.create_model('resattnet56', features_only=True, **NARROW).eval()
+    fm = timm.create_model('resattnet56', features_only=True, **NARROW_IMAGENET).eval()
     assert [name for _, name, _ in find_stage_modules(fm)] == ['stages_0', 'stages_1', 'stages_2', 'stages_3']
     x = torch.randn(1, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
     with MaskRecorder(fm) as rec, ResponseRecorder(fm) as resp, torch.no_grad():
@@ -218,7 +217,7 @@ def test_mean_abs_response_restores_mode_and_stats():
 def test_naive_attention_learning():
     """ attention_residual=False (NAL, paper §4.1): module output is post(M * T); responses still measurable. """
     torch.manual_seed(0)
-    nal = timm.create_model('resattnet56', attention_residual=False, **NARROW).eval()
+    nal = timm.create_model('resattnet56', attention_residual=False, **NARROW_IMAGENET).eval()
     x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
     module_out = {}
     handles = [m.register_forward_hook(lambda mod, a, out, name=name: module_out.__setitem__(name, out))

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import timm_resattn  # noqa: F401
 from benchmarks.activations import max_batch_for_budget, saved_activation_bytes
+from helpers import narrow_kwargs, small_input_size
 from timm_resattn.errors import ConfigError
 from timm_resattn.layers import memory
 from timm_resattn.layers.attention import create_max_pool
@@ -18,35 +19,14 @@ from timm_resattn.layers.memory import LeanMaxPool2d
 ALL_MODELS = timm.list_models(module='resattnet')
 
 
-def _narrow(name):
-    """ Small, narrow settings of each registered net, keeping what sets it apart (unit type, mask wiring, pooling,
-    p/t/r, stage layout): narrower channels, and one module per stage for the deep CIFAR nets.
-    """
-    if name.endswith('_cifar'):
-        kwargs = {'stem_chs': 8, 'stage_chs': (16, 32, 64)}
-        if name not in ('resattnet56_cifar', 'resattnet92_cifar'):
-            kwargs['stage_modules'] = (1, 1, 1)
-        return kwargs, (3, 32, 32)
-    kwargs = {'stem_chs': 8, 'stage_chs': (32, 64, 128, 256)}
-    if 'next' in name:
-        kwargs['groups'] = 8
-    return kwargs, (3, 64, 64)
-
-
 def _pair(name, **kwargs):
-    narrow, size = _narrow(name)
+    # one module per stage keeps the deep CIFAR nets fast
+    narrow, size = narrow_kwargs(name, one_module_per_stage=True), small_input_size(name)
     torch.manual_seed(0)
     plain = timm.create_model(name, num_classes=10, **narrow, **kwargs).train()
     lean = copy.deepcopy(plain)
     lean.set_memory_efficient(True)
     return plain, lean, size
-
-
-def _step(model, x, g):
-    model.zero_grad(set_to_none=True)
-    out = model(x)
-    out.backward(g)
-    return out
 
 
 def _assert_same_training_step(plain, lean, x, seed=None):
@@ -93,7 +73,7 @@ def test_same_outputs_gradients_and_running_stats(name, one_thread):
 
 def test_saved_bytes_reduction(one_thread):
     """ Deterministic (device-independent) accounting: at 64 px the lean (narrow) Attention-56 keeps < 55%. """
-    narrow, size = _narrow('resattnet56')
+    narrow, size = narrow_kwargs('resattnet56'), small_input_size('resattnet56')
     torch.manual_seed(0)
     plain = timm.create_model('resattnet56', num_classes=10, **narrow).train()
     lean = timm.create_model('resattnet56', num_classes=10, memory_efficient=True, **narrow).train()
@@ -139,7 +119,7 @@ def test_grad_checkpointing_composes(one_thread):
 
 
 def test_features_only(one_thread):
-    narrow, size = _narrow('resattnet56')
+    narrow, size = narrow_kwargs('resattnet56'), small_input_size('resattnet56')
     torch.manual_seed(0)
     plain = timm.create_model('resattnet56', features_only=True, **narrow).train()
     torch.manual_seed(0)
@@ -205,7 +185,7 @@ def test_torchscript_fx_and_compile_with_the_switch_on(one_thread):
     from torchvision.models.feature_extraction import create_feature_extractor
     from timm.layers import get_notrace_functions, get_notrace_modules
 
-    narrow, size = _narrow('resattnet56')
+    narrow, size = narrow_kwargs('resattnet56'), small_input_size('resattnet56')
     x = torch.randn(2, *size)
     with timm.layers.set_layer_config(scriptable=True):
         model = timm.create_model('resattnet56', num_classes=10, memory_efficient=True, **narrow).eval()
@@ -225,7 +205,7 @@ def test_torchscript_fx_and_compile_with_the_switch_on(one_thread):
     assert all(p.grad is not None for p in fx_model.parameters())
 
     # training-mode capture (the smallest net: dynamo's tracing time grows with depth)
-    narrow, size = _narrow('resattnet56_cifar')
+    narrow, size = narrow_kwargs('resattnet56_cifar'), small_input_size('resattnet56_cifar')
     model = timm.create_model('resattnet56_cifar', memory_efficient=True, **narrow).train()
     torch._dynamo.reset()
     compiled = torch.compile(model, backend='eager', fullgraph=True)

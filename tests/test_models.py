@@ -14,7 +14,7 @@ import timm
 import timm_resattn  # noqa: F401  (registers the models)
 from timm.layers import get_notrace_functions, get_notrace_modules, set_layer_config
 from timm.models import group_parameters
-from helpers import NARROW_IMAGENET, num_params
+from helpers import narrow_kwargs, num_params, small_input_size
 from timm_resattn.models.resattnet import ResidualAttentionNet
 
 OFFICIAL = ['resattnet56', 'resattnet92', 'resattnext56', 'resattnext92']
@@ -30,12 +30,6 @@ OFFICIAL_PARAMS = {
 }
 OFFICIAL_GMACS_224 = {'resattnet56': 6.271, 'resattnet92': 10.534, 'resattnext56': 6.419, 'resattnext92': 10.704}
 OFFICIAL_BN_STATS = {'resattnet56': 72_704, 'resattnet92': 133_632, 'resattnext56': 98_432, 'resattnext92': 171_136}
-
-
-def _small_size(name):
-    """ A small input that exercises every mask level (the timm test-suite sizes: 64..128 px). """
-    cfg = timm.get_pretrained_cfg(name)
-    return (cfg.input_size[0], 64, 64) if cfg.input_size[-1] >= 64 else cfg.input_size
 
 
 def _macs(model, size, device='meta'):
@@ -94,7 +88,7 @@ def test_ceil_mode_pool_matches_caffe_windows():
 @pytest.mark.parametrize('name', OFFICIAL + ['resattninc56', 'resattnet56_cifar', 'resattnet452_cifar'])
 def test_backward_reaches_every_parameter(name):
     model = timm.create_model(name, num_classes=42).train()
-    out = model(torch.randn(2, *_small_size(name)))
+    out = model(torch.randn(2, *small_input_size(name)))
     assert out.shape == (2, 42)
     out.mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -133,13 +127,6 @@ def test_in_chans(in_chans):
         assert model(torch.randn(1, in_chans, 64, 64)).shape == (1, 3)
 
 
-def _narrow_kwargs(name):
-    """ The layouts at a fraction of their width (same stages, modules and mask levels). """
-    if name.endswith('_cifar'):
-        return dict(stem_chs=8, stage_chs=(16, 32, 64))
-    return dict(NARROW_IMAGENET, groups=8) if 'next' in name else NARROW_IMAGENET  # 32x4d -> 8 groups of 2
-
-
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_default_cfg_and_head_api(name):
     # the cfg and its pool_size at full width on the meta device (no arithmetic); the head API on a narrow build
@@ -158,8 +145,8 @@ def test_default_cfg_and_head_api(name):
     assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size'])
     assert feats.shape[1] == meta.num_features
 
-    model = timm.create_model(name, **_narrow_kwargs(name)).eval()
-    size = _small_size(name)
+    model = timm.create_model(name, **narrow_kwargs(name)).eval()
+    size = small_input_size(name)
     x = torch.randn(2, *size)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -174,7 +161,7 @@ def test_default_cfg_and_head_api(name):
         assert model(x).shape == feats.shape
         model.reset_classifier(7, 'avg')
         assert model(x).shape == (2, 7) and model.num_classes == 7
-    headless = timm.create_model(name, num_classes=0, global_pool='', **_narrow_kwargs(name)).eval()
+    headless = timm.create_model(name, num_classes=0, global_pool='', **narrow_kwargs(name)).eval()
     with torch.no_grad():
         assert headless(x).dim() == 4
 
@@ -330,7 +317,7 @@ def test_torchscript(name):
     with set_layer_config(scriptable=True):
         model = timm.create_model(name).eval()
     scripted = torch.jit.script(model)
-    x = torch.randn(1, *_small_size(name))
+    x = torch.randn(1, *small_input_size(name))
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
         torch.testing.assert_close(scripted.forward_features(x), model.forward_features(x))
@@ -353,12 +340,12 @@ def _fx_model(model):
 def test_fx_bit_identical(name):
     model = timm.create_model(name, num_classes=10).eval()
     fx_model = _fx_model(model)
-    x = torch.randn(1, *_small_size(name))
+    x = torch.randn(1, *small_input_size(name))
     with torch.no_grad():
         assert torch.equal(fx_model(x)['head.fc'], model(x))
     # backward through the traced graph reaches every parameter
     fx_model.train()
-    out = fx_model(torch.randn(2, *_small_size(name)))['head.fc']
+    out = fx_model(torch.randn(2, *small_input_size(name)))['head.fc']
     out.mean().backward()
     assert all(p.grad is not None for p in fx_model.parameters())
     # the input-size check survives tracing

@@ -12,15 +12,12 @@ import torch.nn.functional as F
 import timm
 import timm_resattn  # noqa: F401
 from timm_resattn.models.resattnet import checkpoint_filter_fn
+from helpers import rel_norm_err
 
 pcv_resattnet = pytest.importorskip('pytorchcv.models.resattnet')
 from pytorchcv.models.common.arch import Hourglass  # noqa: E402
 
 RELEASE_URL = 'https://github.com/phamquiluan/ResidualAttentionNetwork/releases/download/v0.1.0/resattnet56.pth'
-
-
-def _rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +64,7 @@ def test_release_file_gives_pytorchcv_logits_at_224(reference, ours):
         expected = reference(x)
         out = ours(x)
     assert out.shape == (1, 1000)
-    assert _rel_err(out, expected) < 1e-5
+    assert rel_norm_err(out, expected) < 1e-5
 
 
 def test_filter_accepts_release_dict_plain_and_prefixed_state_dicts(reference, release_file, ours):
@@ -141,8 +138,8 @@ def test_sizes_pytorchcv_cannot_run(reference, ours, size, monkeypatch):
         ref_feats = reference.features[:-1](x)  # all but the fixed 7x7 average pool
         ref_logits = reference.output(ref_feats.mean(dim=(2, 3)))
     assert ref_feats.shape == feats.shape
-    assert _rel_err(feats, ref_feats) < 1e-5
-    assert _rel_err(out, ref_logits) < 1e-5
+    assert rel_norm_err(feats, ref_feats) < 1e-5
+    assert rel_norm_err(out, ref_logits) < 1e-5
 
 
 def test_wiring_matters(ours):
@@ -151,7 +148,7 @@ def test_wiring_matters(ours):
     official.load_state_dict(ours.state_dict())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert _rel_err(official(x), ours(x)) > 1e-2
+        assert rel_norm_err(official(x), ours(x)) > 1e-2
 
 
 def test_pretrained_cfg():

@@ -21,9 +21,9 @@ from timm.models import load_checkpoint, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import CheckpointSaver, ModelEmaV3, ParseKwargs
+from helpers import REPO_ROOT
 
 NAME = 'resattnet56_cifar'
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import timm
+from helpers import NARROW_IMAGENET
 from timm_resattn.visualize import main
 from timm_resattn.analysis.masks import MaskRecord
 from timm_resattn.analysis.figures import (
@@ -16,8 +17,7 @@ from timm_resattn.analysis.figures import (
 )
 
 SIZE = 32  # --img-size for the command: resattnet56 takes >= 31; small keeps the tests fast
-# resattnet56 at 1/8 width (same layout), for the runs that do not need the real widths
-NARROW = dict(stem_chs=16, stage_chs=(32, 64, 128, 256))
+# NARROW_IMAGENET on the command line, for the runs that do not need the real widths
 NARROW_ARGV = ['--model-kwargs', 'stem_chs=16', 'stage_chs=(32,64,128,256)']
 
 
@@ -88,7 +88,7 @@ def test_main_untrained(images, tmp_path, capsys):
 def test_main_checkpoint(images, tmp_path, capsys):
     from safetensors.torch import save_file
     ckpt = tmp_path / 'w.safetensors'
-    save_file(timm.create_model('resattnet56', **NARROW).state_dict(), str(ckpt))
+    save_file(timm.create_model('resattnet56', **NARROW_IMAGENET).state_dict(), str(ckpt))
     out = tmp_path / 'masks.png'
     argv = images[:1] + ['--model', 'resattnet56', '--checkpoint', str(ckpt), '--img-size', str(SIZE),
                          '--out', str(out)] + NARROW_ARGV

@@ -1,14 +1,11 @@
 """ Weight sources: the loud failure for missing weights, local files, in_chans/num_classes adaptation, torch.hub. """
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import timm
 import timm_resattn  # noqa: F401
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
 
 
 @pytest.mark.parametrize('name', timm.list_models(module='resattnet'))
