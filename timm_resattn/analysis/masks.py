@@ -93,7 +93,9 @@ class _ForwardHooks:
     (also on error, and on ``__exit__``) takes every one of them off again.
 
     A recorder belongs to the thread that attached it: its hooks record only the forward passes run by that thread,
-    so two threads running the same model, each with its own recorder, never see each other's tensors.
+    so two threads running the same model, each with its own recorder, never see each other's tensors. For the same
+    reason it records nothing under ``nn.DataParallel`` on several GPUs (its replicas run in worker threads): record
+    on the bare model.
     """
 
     def __init__(self):
