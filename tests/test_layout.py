@@ -13,7 +13,7 @@ PACKAGE = REPO_ROOT / 'timm_resattn'
 
 # bottom to top (README "Layout"); a module may import from its own layer and the ones below
 LAYERS: List[Tuple[str, ...]] = [
-    ('errors', 'version'),
+    ('errors', 'schema', 'version'),
     ('layers',),
     ('weights', 'convert.pytorchcv'),
     ('models',),
