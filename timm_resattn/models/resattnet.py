@@ -468,7 +468,7 @@ default_cfgs = generate_default_cfgs({
 def resattnet56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ Attention-56 (ImageNet), pre-activation units; the official ``Attention-56-deploy.prototxt``.
 
-    31,810,728 params (31.9M in the paper counts BN running statistics too), 6.27 GMACs at 224.
+    Params and MACs: ``timm-resattn list`` (the paper's 31.9M counts BN running statistics too).
     Modules per stage 1/1/1, p=1 t=2 r=1, mask max-pool levels 3/2/1.
     Differs from the file only in the final pool: a global average pool at every size (the file's fixed 7x7
     AVE pool is global at 224 only).
@@ -480,9 +480,9 @@ def resattnet56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 def resattnet56_pcv(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ Attention-56 wired as the ``pytorchcv`` package's ``resattnet56`` (v0.0.74), the architecture of the only
     public ImageNet checkpoint (``resattnet56_pcv.pq_in1k``: a community port's weights, phamquiluan/
-    ResidualAttentionNetwork; 77.02 / 93.57 top-1/top-5 as reported by its author, not measured here).
+    ResidualAttentionNetwork; its author's reported accuracy is quoted in docs/weights.md, not measured here).
 
-    The parameters of ``resattnet56`` (31,810,728), pytorchcv's function (``PytorchcvEncoderDecoderMask`` has the
+    The parameters of ``resattnet56``, pytorchcv's function (``PytorchcvEncoderDecoderMask`` has the
     details): every 3x3/s2 max-pool pads by 1 in floor mode (official: no padding, ceil mode), each mask skip adds
     its own input (``interp(x) + (s + unit(s))``), the trunk output is added before the mask head
     (``M = head(interp(x -> T) + T)``), and convs init with ``kaiming_uniform_``. Unlike pytorchcv (fixed x2
@@ -497,10 +497,10 @@ def resattnet56_pcv(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 def resattnet92(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ Attention-92 (ImageNet), pre-activation units; the official ``Attention-92-deploy.prototxt``.
 
-    52,466,344 params and 10.53 GMACs at 224 (21.50 at 320). The paper's Table 7 says 51.3M params: the official
-    file has 1.17M more, and we follow the file. The paper evaluates at 320x320, where the file's fixed 7x7 AVE pool
-    would give 2048x4x4 features that its 2048-input classifier cannot take: we pool globally at every size, the
-    reading that keeps the classifier.
+    Params and MACs: ``timm-resattn list``. The paper's Table 7 says 51.3M params: the official file has more
+    (``tests/test_models.py`` checks its exact count), and we follow the file. The paper evaluates at 320x320, where
+    the file's fixed 7x7 AVE pool would give 2048x4x4 features that its 2048-input classifier cannot take: we pool
+    globally at every size, the reading that keeps the classifier.
     """
     return _create_resattnet('resattnet92', pretrained, **kwargs)
 
@@ -509,7 +509,7 @@ def resattnet92(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 def resattnext56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ AttentionNeXt-56 (ImageNet), ResNeXt 32x(C/64)d post-activation units; ``AttentionNeXt-56-deploy.prototxt``.
 
-    31,318,824 params (the paper's 31.9M repeats Attention-56's figure; the file gives 31.3M), 6.42 GMACs at 224.
+    Params and MACs: ``timm-resattn list`` (the paper's 31.9M repeats Attention-56's figure; we follow the file).
     """
     return _create_resattnet('resattnext56', pretrained, **kwargs)
 
@@ -518,7 +518,7 @@ def resattnext56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 def resattnext92(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ AttentionNeXt-92 (ImageNet), ResNeXt units; ``AttentionNeXt-92-deploy.prototxt`` (not in the paper).
 
-    52,102,952 params, 10.70 GMACs at 224. The published file is broken: its classifier reads ``ave_pool_gather``,
+    Params and MACs: ``timm-resattn list``. The published file is broken: its classifier reads ``ave_pool_gather``,
     which no layer produces; we read the only sensible input, the average-pooled features ``ave_pool``.
     """
     return _create_resattnet('resattnext92', pretrained, **kwargs)
@@ -530,8 +530,8 @@ def resattninc56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 
     No official definition exists: this is the Attention-56 skeleton with our simplified pre-activation
     Inception-ResNet unit (``PreActInceptionUnit``: 1x1 / 1x1-3x3 / 1x1-3x3-3x3 branches of width C/8, C/8 and
-    C/16-C/8-C/8, merged by a 1x1 conv, residual add). 31,095,432 params (-2.5% vs 31.9M) and 6.216 GMACs at 224
-    (-1.3% vs 6.3); 12.3 GMACs at its default 299.
+    C/16-C/8-C/8, merged by a 1x1 conv, residual add), a little below the paper's params and FLOPs
+    (docs/architecture.md); params and MACs at its default 299: ``timm-resattn list``.
     """
     return _create_resattnet('resattninc56', pretrained, **kwargs)
 
@@ -540,7 +540,7 @@ def resattninc56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 def resattnet56_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ CIFAR Attention-56 (m=1, p=1 t=2 r=1): the net of the paper's ablations (Tables 1, 3 and 4).
 
-    1,068,186 params with 10 classes (the paper gives no count). Paper, CIFAR-10 error: 5.52%; 5.89% with naive
+    The paper gives no param count (``timm-resattn list`` has ours). Paper, CIFAR-10 error: 5.52%; 5.89% with naive
     attention learning (``attention_residual=False``), 6.24% / 6.33% with channel / spatial masks (``mask_act``),
     6.48% with local-convolution masks (``mask_type='local'``). No weights are published.
     """
@@ -551,9 +551,9 @@ def resattnet56_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNe
 def resattnet92_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ CIFAR Attention-92 (m=2, p=1 t=2 r=1; paper Tables 3, 5 and 6).
 
-    1,798,426 params with 10 classes (Table 6: 1.9M; -5.3%). Paper: 4.99% CIFAR-10 error (5.35% with naive
-    attention learning), 21.71% on CIFAR-100; 5.15% to 15.75% with 10% to 70% label noise. No weights are
-    published.
+    Table 6 gives 1.9M params; ours (``timm-resattn list``) are a few percent fewer (docs/architecture.md).
+    Paper: 4.99% CIFAR-10 error (5.35% with naive attention learning), 21.71% on CIFAR-100; 5.15% to 15.75% with
+    10% to 70% label noise. No weights are published.
     """
     return _create_resattnet('resattnet92_cifar', pretrained, **kwargs)
 
@@ -562,8 +562,7 @@ def resattnet92_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNe
 def resattnet128_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ CIFAR Attention-128 (m=3, p=1 t=2 r=1; paper Table 3).
 
-    2,528,666 params with 10 classes. Paper, CIFAR-10 error: 4.44% (5.57% with naive attention learning). No
-    weights are published.
+    Paper, CIFAR-10 error: 4.44% (5.57% with naive attention learning). No weights are published.
     """
     return _create_resattnet('resattnet128_cifar', pretrained, **kwargs)
 
@@ -572,8 +571,7 @@ def resattnet128_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionN
 def resattnet164_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ CIFAR Attention-164 (m=4, p=1 t=2 r=1; paper Table 3 and Fig. 4).
 
-    3,258,906 params with 10 classes. Paper, CIFAR-10 error: 4.31% (7.18% with naive attention learning). No
-    weights are published.
+    Paper, CIFAR-10 error: 4.31% (7.18% with naive attention learning). No weights are published.
     """
     return _create_resattnet('resattnet164_cifar', pretrained, **kwargs)
 
@@ -582,8 +580,8 @@ def resattnet164_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionN
 def resattnet236_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ CIFAR Attention-236 (m=6, p=1 t=2 r=1; paper Table 6).
 
-    4,719,386 params with 10 classes (Table 6: 5.1M; -7.5%). Paper: 4.14% CIFAR-10 error, 21.16% on CIFAR-100.
-    No weights are published.
+    Table 6 gives 5.1M params; ours (``timm-resattn list``) are a few percent fewer (docs/architecture.md).
+    Paper: 4.14% CIFAR-10 error, 21.16% on CIFAR-100. No weights are published.
     """
     return _create_resattnet('resattnet236_cifar', pretrained, **kwargs)
 
@@ -592,7 +590,7 @@ def resattnet236_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionN
 def resattnet452_cifar(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ CIFAR Attention-452 (m=6, p=2 t=4 r=3; paper Table 6's †).
 
-    9,170,714 params with 10 classes (Table 6: 8.6M; +6.6%). Paper: 3.90% CIFAR-10 error, 20.45% on CIFAR-100.
-    No weights are published.
+    Table 6 gives 8.6M params; ours (``timm-resattn list``) are a few percent more (docs/architecture.md).
+    Paper: 3.90% CIFAR-10 error, 20.45% on CIFAR-100. No weights are published.
     """
     return _create_resattnet('resattnet452_cifar', pretrained, **kwargs)
