@@ -480,7 +480,7 @@ def resattnet56(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
 def resattnet56_pcv(pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
     """ Attention-56 wired as the ``pytorchcv`` package's ``resattnet56`` (v0.0.74), the architecture of the only
     public ImageNet checkpoint (``resattnet56_pcv.pq_in1k``: a community port's weights, phamquiluan/
-    ResidualAttentionNetwork; its author's reported accuracy is quoted in docs/weights.md, not measured here).
+    ResidualAttentionNetwork; the accuracy its author reports is in the pretrained cfg's notes).
 
     The parameters of ``resattnet56``, pytorchcv's function (``PytorchcvEncoderDecoderMask`` has the
     details): every 3x3/s2 max-pool pads by 1 in floor mode (official: no padding, ceil mode), each mask skip adds
