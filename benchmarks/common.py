@@ -29,6 +29,7 @@ __all__ = [
     'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',
     'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT', 'RUNTIMES',
     'make_runtime_step', 'ort_session', 'TF32_SETTINGS', 'set_tf32', 'backend_flags', 'compile_label',
+    'no_eager_fallback',
 ]
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -62,6 +63,20 @@ def autocast_ctx(cfg: BenchConfig):
     if cfg.precision == 'fp32':
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(cfg.device).type, dtype=PRECISIONS[cfg.precision])
+
+
+@contextlib.contextmanager
+def no_eager_fallback():
+    """ Inside: dynamo raises when a frame reaches its recompile limit, instead of running it eagerly from then on
+    (``torch._dynamo.config.fail_on_recompile_limit_hit``, where this torch has it), so a step timed under a
+    ``torch.compile`` label is a compiled one.
+    """
+    import torch._dynamo.config as dynamo_config
+    if not hasattr(dynamo_config, 'fail_on_recompile_limit_hit'):
+        yield
+        return
+    with dynamo_config.patch(fail_on_recompile_limit_hit=True):
+        yield
 
 
 def compile_label(cfg: BenchConfig) -> str:

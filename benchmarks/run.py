@@ -9,7 +9,8 @@ mode, then repeat 2, ...), so slow drifts of a shared machine hit them alike; wa
 median over the repeats is reported. With ``--compile`` the models are timed one at a time, dynamo's caches reset
 (``torch.compiler.reset``) before each, since all the nets share one ``forward`` code object and dynamo's cache limit
 would otherwise send the later ones to eager; the timed steps run under ``torch.compiler.set_stance(
-'fail_on_recompile')``, so a step that is not the compiled one fails instead of being timed.
+'fail_on_recompile')`` and dynamo's recompile limit raises (``common.no_eager_fallback``), so a step that is not the
+compiled one fails instead of being timed.
 
 Writes to ``--out`` (default: a folder under ``benchmarks/results/`` named from every setting that changes the
 numbers, see ``run_tag``; an earlier run's results there are kept unless ``--overwrite``): ``results.csv`` (one row
@@ -39,7 +40,7 @@ import timm
 
 from .common import (
     MODES, PRECISIONS, REPO_ROOT, RUNTIMES, TF32_SETTINGS, BenchConfig, Step, compile_label, count_macs, count_params,
-    create_model, environment, make_runtime_step, make_step, set_tf32, synchronize,
+    create_model, environment, make_runtime_step, make_step, no_eager_fallback, set_tf32, synchronize,
 )
 from .activations import activation_rows
 from .report import OUTPUT_FILES, write_csv, write_json, write_markdown, write_plot
@@ -393,14 +394,16 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                          f'({1000 * t / args.iters:.1f} ms/step)')
         progress.update(f'{what} {_label(key)}')
 
-    times, cpu_times = time_blocks(
-        plan_blocks(names, args.compile), runs, build,
-        timer=lambda step, n: _time_steps(step, n, args.device),
-        warmup=args.warmup, repeats=args.repeats, iters=args.iters,
-        reset=torch.compiler.reset if args.compile else None,
-        timed_ctx=(lambda: torch.compiler.set_stance('fail_on_recompile')) if args.compile else contextlib.nullcontext,
-        log=log,
-    )
+    with no_eager_fallback() if args.compile else contextlib.nullcontext():
+        times, cpu_times = time_blocks(
+            plan_blocks(names, args.compile), runs, build,
+            timer=lambda step, n: _time_steps(step, n, args.device),
+            warmup=args.warmup, repeats=args.repeats, iters=args.iters,
+            reset=torch.compiler.reset if args.compile else None,
+            timed_ctx=(lambda: torch.compiler.set_stance('fail_on_recompile')) if args.compile else
+            contextlib.nullcontext,
+            log=log,
+        )
     progress.close()
     if workdir is not None:
         workdir.cleanup()
@@ -464,7 +467,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     config['compile_label'] = compile_label(cfg)
     config['schedule'] = (
         'one model at a time, torch.compiler.reset() before each, timed steps under '
-        "torch.compiler.set_stance('fail_on_recompile')" if args.compile else
+        "torch.compiler.set_stance('fail_on_recompile'), the recompile limit an error, not an eager fallback"
+        if args.compile else
         'all models resident, round-robin')
     plot = not args.no_plot
     if plot:
