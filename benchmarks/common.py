@@ -309,17 +309,13 @@ def make_runtime_step(
     return Step(model, False, ort_step), time.perf_counter() - t0
 
 
-def ort_session(path: Path, threads: Optional[int] = None, profile_prefix: Optional[Path] = None):
+def ort_session(path: Path, threads: Optional[int] = None):
     """ The onnxruntime session the benchmarks run an ONNX file in: CPU provider, all graph optimisations,
-    ``threads`` intra-op threads (default: as many as torch uses), one inter-op thread; with onnxruntime's profiler
-    on when ``profile_prefix`` is given (``sess.end_profiling()`` returns the JSON trace's path).
+    ``threads`` intra-op threads (default: as many as torch uses), one inter-op thread.
     """
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
