@@ -28,7 +28,8 @@ register_timm_peers()  # --fuse-bn folds the ResNet peers' BNs like ours
 __all__ = [
     'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',
     'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT', 'RUNTIMES',
-    'make_runtime_step', 'ort_session',
+    'make_runtime_step', 'ort_session', 'TF32_SETTINGS', 'set_tf32', 'backend_flags', 'compile_label',
+    'no_eager_fallback',
 ]
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -49,6 +50,7 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     fuse_bn: bool = False
+    compile_backend: str = 'inductor'
     lr: float = 1e-4
 
     @property
@@ -61,6 +63,54 @@ def autocast_ctx(cfg: BenchConfig):
     if cfg.precision == 'fp32':
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(cfg.device).type, dtype=PRECISIONS[cfg.precision])
+
+
+@contextlib.contextmanager
+def no_eager_fallback():
+    """ Inside: dynamo raises when a frame reaches its recompile limit, instead of running it eagerly from then on
+    (``torch._dynamo.config.fail_on_recompile_limit_hit``, where this torch has it), so a step timed under a
+    ``torch.compile`` label is a compiled one.
+    """
+    import torch._dynamo.config as dynamo_config
+    if not hasattr(dynamo_config, 'fail_on_recompile_limit_hit'):
+        yield
+        return
+    with dynamo_config.patch(fail_on_recompile_limit_hit=True):
+        yield
+
+
+def compile_label(cfg: BenchConfig) -> str:
+    """ What ran, in words: ``eager`` or ``torch.compile (<backend>, default mode)``. """
+    return f'torch.compile ({cfg.compile_backend}, default mode)' if cfg.compile else 'eager'
+
+
+# --tf32: leave torch's defaults (convolutions in TF32, matmuls in fp32), or switch both on or off
+TF32_SETTINGS = ('default', 'on', 'off')
+
+
+def set_tf32(setting: str) -> None:
+    """ Allow TF32 in fp32 CUDA convolutions and matmuls (``on``), forbid it (``off``), or leave torch's defaults
+    (``default``). No effect on the CPU or in bf16/fp16; ``backend_flags`` records what is in force.
+    """
+    if setting not in TF32_SETTINGS:
+        raise ValueError(f'tf32={setting!r}; expected one of {TF32_SETTINGS}')
+    if setting != 'default':
+        torch.backends.cuda.matmul.allow_tf32 = setting == 'on'
+        torch.backends.cudnn.allow_tf32 = setting == 'on'
+
+
+def backend_flags() -> Dict[str, Any]:
+    """ The torch backend settings that change CUDA numbers: TF32 in matmuls and convolutions, cuDNN autotuning and
+    determinism.
+    """
+    return {
+        'tf32_matmul': torch.backends.cuda.matmul.allow_tf32,
+        'tf32_cudnn_conv': torch.backends.cudnn.allow_tf32,
+        'float32_matmul_precision': torch.get_float32_matmul_precision(),
+        'cudnn_enabled': torch.backends.cudnn.enabled,
+        'cudnn_benchmark': torch.backends.cudnn.benchmark,
+        'cudnn_deterministic': torch.backends.cudnn.deterministic,
+    }
 
 
 def synchronize(device: str) -> None:
@@ -123,7 +173,7 @@ def make_step(model: nn.Module, mode: str, cfg: BenchConfig, fuse_inplace: bool 
         model.eval()
         if cfg.fuse_bn:
             model = fuse_bn(model, inplace=fuse_inplace)
-        fwd = torch.compile(model) if cfg.compile else model
+        fwd = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
 
         def infer_step() -> None:
             with torch.no_grad(), autocast_ctx(cfg):
@@ -135,7 +185,7 @@ def make_step(model: nn.Module, mode: str, cfg: BenchConfig, fuse_inplace: bool 
     target = torch.randint(0, 1000, (cfg.batch_size,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == 'fp16' else None
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd = torch.compile(model, backend=cfg.compile_backend) if cfg.compile else model
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -183,9 +233,13 @@ def environment(device: str) -> Dict[str, Any]:
         'interop_threads': torch.get_num_interop_threads(),
         'mkldnn': torch.backends.mkldnn.is_available(),
         'git_commit': _git_commit(),
+        **backend_flags(),
     }
     if dev.type == 'cuda':
+        props = torch.cuda.get_device_properties(dev)
         env['device_name'] = torch.cuda.get_device_name(dev)
+        env['device_capability'] = f'{props.major}.{props.minor}'
+        env['device_memory_gib'] = round(props.total_memory / (1 << 30), 1)
         env['cuda'] = torch.version.cuda
         env['cudnn'] = torch.backends.cudnn.version()
     else:
@@ -255,17 +309,13 @@ def make_runtime_step(
     return Step(model, False, ort_step), time.perf_counter() - t0
 
 
-def ort_session(path: Path, threads: Optional[int] = None, profile_prefix: Optional[Path] = None):
+def ort_session(path: Path, threads: Optional[int] = None):
     """ The onnxruntime session the benchmarks run an ONNX file in: CPU provider, all graph optimisations,
-    ``threads`` intra-op threads (default: as many as torch uses), one inter-op thread; with onnxruntime's profiler
-    on when ``profile_prefix`` is given (``sess.end_profiling()`` returns the JSON trace's path).
+    ``threads`` intra-op threads (default: as many as torch uses), one inter-op thread.
     """
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile_prefix is not None:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])

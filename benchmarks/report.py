@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from .activations import activation_markdown
 
-__all__ = ['CSV_COLUMNS', 'write_csv', 'write_json', 'write_markdown', 'write_plot', 'OUTPUT_FILES']
+__all__ = ['CSV_COLUMNS', 'write_csv', 'write_json', 'write_markdown', 'write_plot', 'OUTPUT_FILES', 'run_settings']
 
 OUTPUT_FILES = {
     'csv': 'results.csv',
@@ -20,8 +20,9 @@ OUTPUT_FILES = {
 
 CSV_COLUMNS = [
     'model', 'kind', 'mode', 'runtime', 'params_m', 'gmacs', 'img_s_median', 'img_s_min', 'img_s_max',
-    'ms_per_step_median', 'peak_mem_mib', 'peer', 'speedup_vs_peer', 'mac_ratio_peer_over_ours', 'device',
-    'device_name', 'precision', 'batch_size', 'img_size', 'channels_last', 'compile', 'fuse_bn', 'threads',
+    'ms_per_step_median', 'peak_mem_mib', 'peak_reserved_mib', 'peer', 'speedup_vs_peer', 'mac_ratio_peer_over_ours',
+    'device', 'device_name', 'precision', 'tf32', 'batch_size', 'img_size', 'channels_last', 'compile', 'fuse_bn',
+    'threads',
     'repeats', 'iters', 'warmup',
     'saved_act_mib_per_img',
 ]
@@ -50,6 +51,26 @@ def _run_label(mode: str, runtime: str) -> str:
     return mode if runtime == 'eager' else f'{mode} [{runtime}]'
 
 
+def run_settings(cfg: Dict[str, Any], env: Dict[str, Any]) -> List[str]:
+    """ The settings of a run in words, for its title: precision (with TF32 on CUDA fp32), layout, what ran
+    (eager or ``torch.compile`` with its backend, one model at a time), BN folding.
+    """
+    opts = [cfg['precision']]
+    if str(cfg['device']).startswith('cuda') and cfg['precision'] == 'fp32':
+        conv, mm = env.get('tf32_cudnn_conv'), env.get('tf32_matmul')
+        opts.append(f"TF32 convs {'on' if conv else 'off'}, matmuls {'on' if mm else 'off'}")
+    if cfg['channels_last']:
+        opts.append('channels_last')
+    if cfg['compile']:
+        opts.append(cfg.get('compile_label') or 'torch.compile')
+        opts.append('one model at a time')
+    else:
+        opts.append('eager')
+    if cfg['fuse_bn']:
+        opts.append('BN folded (inference)')
+    return opts
+
+
 def write_markdown(data: Dict[str, Any], path: Path) -> None:
     """ The results table of every model, then each of our nets against its ResNet peer, one column per
     (mode, runtime) run.
@@ -60,13 +81,7 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
     models, rows = data['models'], data['rows']
     by_key = {(r['model'], r['mode'], r.get('runtime', 'eager')): r for r in rows}
     eager_modes = [m for m, rt in runs if rt == 'eager']
-    opts = [cfg['precision']]
-    if cfg['channels_last']:
-        opts.append('channels_last')
-    if cfg['compile']:
-        opts.append('torch.compile')
-    if cfg['fuse_bn']:
-        opts.append('BN folded (inference)')
+    opts = run_settings(cfg, env)
     lines = [
         f"# Throughput: {env['device_name']} ({cfg['device']}), {', '.join(opts)}, batch {cfg['batch_size']}, "
         f"{cfg['img_size']}x{cfg['img_size']}, {env['threads']} threads",
@@ -81,6 +96,8 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
            if env.get('loadavg_1min_start') is not None and cfg['device'] == 'cpu' else ''),
         '',
     ]
+    for note in data.get('notes', []):
+        lines += [f'Note: {note}.', '']
     if deployed:
         lines += [
             'Runtimes: `eager` = the PyTorch model; `export` = its `torch.export` program (dynamic batch/height/width, '
@@ -94,11 +111,14 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
     for mode, rt in runs:
         label = _run_label(mode, rt)
         head += [f'{label} img/s', f'{label} ms/step']
+    show_reserved = any(r.get('peak_reserved_mib') is not None for r in rows)
     for mode in eager_modes:
         head.append(f'{mode} peak MiB')
+        if show_reserved:
+            head.append(f'{mode} peak reserved MiB')
     show_saved = bool(data.get('activations'))
     if show_saved:
-        head.append('saved act. MiB/img')
+        head.append(f"saved act. MiB/img ({cfg['precision']})")
     for rt in deployed:
         head.append(f'{rt} set-up s')
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -109,6 +129,8 @@ def write_markdown(data: Dict[str, Any], path: Path) -> None:
             cells += [_fmt(r.get('img_s_median'), '.2f'), _fmt(r.get('ms_per_step_median'), '.1f')]
         for mode in eager_modes:
             cells.append(_fmt(by_key.get((name, mode, 'eager'), {}).get('peak_mem_mib'), '.0f'))
+            if show_reserved:
+                cells.append(_fmt(by_key.get((name, mode, 'eager'), {}).get('peak_reserved_mib'), '.0f'))
         if show_saved:
             cells.append(_fmt(next((r['saved_mib_per_img'] for r in data['activations']
                                     if r['model'] == name and r['variant'] == 'plain'), None), '.1f'))
@@ -169,7 +191,8 @@ def write_plot(data: Dict[str, Any], path: Path) -> None:
             ax.annotate(r['model'], (x, y), textcoords='offset points', xytext=(5, 5), fontsize=8)
         ax.set_xlabel(f"GMACs / image ({cfg['img_size']}x{cfg['img_size']})")
         ax.set_ylabel('images / s')
-        ax.set_title(f"{_run_label(mode, rt)}: {cfg['device']} {cfg['precision']}, batch {cfg['batch_size']}")
+        ax.set_title(f"{_run_label(mode, rt)}: {cfg['device']}, {', '.join(run_settings(cfg, data['env']))}, "
+                     f"batch {cfg['batch_size']}", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.set_ylim(0, 1.15 * ymax or 1)
         ax.set_xlim(0, 1.3 * xmax or 1)

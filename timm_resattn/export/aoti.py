@@ -3,10 +3,9 @@ compiled C++ (CPU) or CUDA code with a dynamic batch, height and width, loadable
 model's Python code.
 
 Compiling takes minutes on a small CPU (inductor generates and builds C++ for every kernel), too long for the test
-suite: ``benchmarks/aoti_check.py`` compiles, loads the package in a fresh process and compares it with eager; its
-committed output is the evidence (``benchmarks/results/aoti_check/``).
+suite: ``docs/benchmarks.md`` has the check (a package loaded in a fresh process against eager) and how to rerun it.
 
-Input sizes (measured with torch 2.14, ``benchmarks/results/aoti_check``): with ``AOTI_RUNTIME_CHECK_INPUTS=1`` in
+Input sizes (measured with torch 2.14, ``docs/benchmarks.md``): with ``AOTI_RUNTIME_CHECK_INPUTS=1`` in
 the environment of the process that runs the package, AOTInductor checks every input against bounds of its own,
 which are stricter than the exported program's: a batch of 1 is refused (``expected it to be >= 2``) and, for
 ``resattnet56_cifar`` (program range 5..1024), heights below 13. Without it nothing is checked (the default): a

@@ -79,7 +79,7 @@ class MaxPool2dCpuFast(nn.MaxPool2d):
 
     PyTorch's NCHW CPU kernel for these 3x3/s2 pools is 3-5x slower than its channels_last kernel (e.g. 33 vs 10 ms
     for 8x256x56x56 including both layout copies, 2 threads): on CPU the mask branches' pools were the largest
-    non-conv cost of the network (see ``benchmarks/PROFILE.md``). Max-pooling is exact, so the output is
+    non-conv cost of the network (see ``docs/benchmarks.md``). Max-pooling is exact, so the output is
     bit-identical; only the index chosen among tied maxima (i.e. where the gradient goes) may differ. Other devices
     and layouts take the plain path. A leaf for FX tracing (the layout test is Python control flow).
     """
