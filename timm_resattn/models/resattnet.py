@@ -56,6 +56,14 @@ def _check_model_args(**values: Any) -> Dict[str, Any]:
     return check_model_args(**values)
 
 
+def _check_head(num_classes: int, global_pool: str) -> None:
+    """ timm's ``ClassifierHead`` has no classifier for unpooled features: ``global_pool=''`` needs
+    ``num_classes=0`` (the pair timm uses for a net's unpooled features). """
+    if not global_pool and num_classes:
+        raise ConfigError(f"global_pool='' is invalid with num_classes={num_classes}: expected num_classes=0 with it "
+                          f"(no pooling: the head returns the unpooled features), or a pool type such as 'avg'")
+
+
 # the value of the ``enable`` switches (``set_grad_checkpointing``, ``set_memory_efficient``)
 _SWITCH = Schema(dict(enable=Bool()), error=ConfigError)
 
@@ -131,6 +139,7 @@ class ResidualAttentionNet(nn.Module):
         num_classes, in_chans, global_pool, drop_rate, drop_path_rate, zero_init_last, output_stride = (
             args[k] for k in ('num_classes', 'in_chans', 'global_pool', 'drop_rate', 'drop_path_rate',
                               'zero_init_last', 'output_stride'))
+        _check_head(num_classes, global_pool)
         dd = {'device': device, 'dtype': dtype}
         if kwargs:
             cfg = ResAttnCfg.from_overrides(cfg, kwargs)
@@ -257,6 +266,7 @@ class ResidualAttentionNet(nn.Module):
         num_classes = check_model_args(num_classes=num_classes)['num_classes']
         if global_pool is not None:
             global_pool = check_model_args(global_pool=global_pool)['global_pool']
+        _check_head(num_classes, self.head.global_pool.pool_type if global_pool is None else global_pool)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
