@@ -154,14 +154,15 @@ class Str(Spec):
 
 
 class IntTuple(Spec):
-    """ A tuple (or list) of integers ``>= minimum``, of ``length`` items if given (at least one otherwise). """
+    """ A tuple (or list) of integers ``>= minimum``, of ``length`` items if given (at least one otherwise);
+    ``per`` names what each item is for in messages (``'stage'``: "one per stage"). """
 
-    def __init__(self, minimum: int = 0, length: Optional[int] = None):
-        self.minimum, self.length = minimum, length
+    def __init__(self, minimum: int = 0, length: Optional[int] = None, per: str = ''):
+        self.minimum, self.length, self.per = minimum, length, per
 
     def describe(self) -> str:
         count = f'{self.length}' if self.length is not None else 'one or more'
-        return f'a tuple of {count} integers >= {self.minimum}'
+        return f'a tuple of {count} integers >= {self.minimum}' + (f', one per {self.per}' if self.per else '')
 
     def check(self, value: Any) -> Tuple[int, ...]:
         if not isinstance(value, (tuple, list)):

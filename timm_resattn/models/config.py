@@ -25,8 +25,9 @@ __all__ = ['ResAttnCfg', 'OUTPUT_STRIDES', 'POOL_TYPES', 'MODEL_ARGS', 'CONSTRUC
 CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
 STEM_TYPES = ('imagenet', 'cifar')
 OUTPUT_STRIDES = (8, 16, 32)
-# timm's global pool types (``timm.layers.SelectAdaptivePool2d``): '' (no pooling: unpooled features to a 1x1-conv
-# classifier), the adaptive pools, and their 'fast' forms (the same pools as a mean/amax over H and W)
+# timm's global pool types (``timm.layers.SelectAdaptivePool2d``): '' (no pooling: the head returns the unpooled
+# features, with num_classes=0 only), the adaptive pools, and their 'fast' forms (the same pools as a mean/amax over
+# H and W). Lower case only: timm lower-cases the name to pick the pool but not to count 'catavgmax''s features.
 _POOLS = ('avg', 'max', 'avgmax', 'catavgmax')
 POOL_TYPES = ('',) + _POOLS + ('fast',) + tuple(f'fast{p}' for p in _POOLS)
 # where the residual unit types come from (read at each check: ``layers.units.register_unit`` adds to them)
@@ -80,12 +81,12 @@ _CFG_SPECS = dict(
     unit=Choice(UNIT_TYPES),
     stem_type=Choice(STEM_TYPES),
     stem_chs=Int(1),
-    stage_chs=IntTuple(1),
-    stage_strides=IntTuple(1),
-    stage_units=IntTuple(1),  # the first unit of a stage sets its width and stride
-    stage_modules=IntTuple(0),
-    stage_tail_units=Nullable(IntTuple(0), none_means='no tail units'),
-    mask_levels=IntTuple(0),
+    stage_chs=IntTuple(1, per='stage'),
+    stage_strides=IntTuple(1, per='stage'),
+    stage_units=IntTuple(1, per='stage'),  # the first unit of a stage sets its width and stride
+    stage_modules=IntTuple(0, per='stage'),
+    stage_tail_units=Nullable(IntTuple(0, per='stage'), none_means='no tail units'),
+    mask_levels=IntTuple(0, per='stage'),
     p=Int(0),
     t=Int(1),
     r=Int(1),
@@ -94,7 +95,7 @@ _CFG_SPECS = dict(
     attention_residual=Bool(),
     mask_act=Choice(MASK_ACTS),
     mask_type=Choice(MASK_TYPES),
-    local_mask_units=Nullable(IntTuple(1), none_means='matched to the encoder-decoder mask'),
+    local_mask_units=Nullable(IntTuple(1, per='stage'), none_means='matched to the encoder-decoder mask'),
     mask_wiring=Choice(MASK_WIRINGS),
     max_pool=Choice(MAX_POOLS),
     conv_init=Choice(CONV_INITS),
@@ -345,7 +346,7 @@ class ResAttnCfg:
         for name in _PER_STAGE:
             value = getattr(self, name)
             if value is not None and len(value) != n:
-                fail(name, f'a tuple of {n} values, one per stage (stage_chs has {n})')
+                fail(name, f'a tuple of {n} values, one per stage (stage_chs has {n} stages)')
         ratio = self.bottle_ratio
         min_width = 2 if self.unit == 'inception' else 1  # the inception unit's narrowest branch is half the width
         for chs in self.stage_chs:

@@ -50,12 +50,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _check_model_args(**values: Any) -> Dict[str, Any]:
-    """ The constructor's own arguments, checked and normalised against ``MODEL_ARGS`` (the config fields are
-    ``ResAttnCfg.validate``'s). """
-    return check_model_args(**values)
-
-
 def _check_head(num_classes: int, global_pool: str) -> None:
     """ timm's ``ClassifierHead`` has no classifier for unpooled features: ``global_pool=''`` needs
     ``num_classes=0`` (the pair timm uses for a net's unpooled features). """
@@ -131,7 +125,7 @@ class ResidualAttentionNet(nn.Module):
         super().__init__()
         if not isinstance(cfg, ResAttnCfg):
             raise ConfigError(f'cfg={cfg!r:.200} is invalid: expected a ResAttnCfg (a row of model_cfgs)')
-        args = _check_model_args(
+        args = check_model_args(  # the constructor's own arguments (the config's: ResAttnCfg.validate)
             num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, act_layer=act_layer, zero_init_last=zero_init_last,
             output_stride=output_stride, device=device, dtype=dtype,
