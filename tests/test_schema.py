@@ -37,3 +37,22 @@ def test_schema_unknown_missing_and_error_class():
         s.check({}, required=('a',))
     with pytest.raises(WeightsError, match='expected a mapping'):
         s.check([1, 2])
+
+
+def test_choice_reads_a_registry_at_each_check():
+    registry = ['a']
+    s = Schema(dict(u=Choice(lambda: tuple(registry))))
+    with pytest.raises(ConfigError, match=r"u='b' is invalid: expected one of 'a'$"):
+        s.check(dict(u='b'))
+    registry.append('b')
+    assert s.check(dict(u='b')) == dict(u='b')
+
+
+def test_open_bounds_and_what_none_means():
+    s = Schema(dict(f=Float(0, 16, minimum_open=True), o=Nullable(Choice((8, 16, 32)), none_means="the net's own")))
+    assert s.check(dict(f=16, o=None)) == dict(f=16.0, o=None)
+    with pytest.raises(ConfigError, match=r'f=0 is invalid: expected a number in \(0, 16\]'):
+        s.check(dict(f=0))
+    expected = r"expected one of \(8, 16, 32\), or None \(the net's own\)"
+    with pytest.raises(ConfigError, match=r'o=16.0 is invalid: ' + expected):
+        s.check(dict(o=16.0))

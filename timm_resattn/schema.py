@@ -13,7 +13,7 @@ float in a range that ends below it, ``nan`` is in no range.
 import math
 import numbers
 import operator
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Type, Union
 
 from .errors import ConfigError, ResAttnError
 
@@ -68,22 +68,26 @@ class Int(Spec):
 
 
 class Float(Spec):
-    """ A finite real number (int, float or numpy scalar; never a bool) in ``[minimum, maximum]`` (or
-    ``[minimum, maximum)`` with ``maximum_open``). """
+    """ A finite real number (int, float or numpy scalar; never a bool) in ``[minimum, maximum]``; ``minimum_open``
+    / ``maximum_open`` leave the bound out (``(0, 16]``, ``[0, 1)``). """
 
-    def __init__(self, minimum: Optional[float] = None, maximum: Optional[float] = None, maximum_open: bool = False):
-        self.minimum, self.maximum, self.maximum_open = minimum, maximum, maximum_open
+    def __init__(self, minimum: Optional[float] = None, maximum: Optional[float] = None, maximum_open: bool = False,
+                 minimum_open: bool = False):
+        self.minimum, self.maximum, self.maximum_open, self.minimum_open = minimum, maximum, maximum_open, minimum_open
 
     def describe(self) -> str:
         lo = '-inf' if self.minimum is None else f'{self.minimum:g}'
         hi = 'inf' if self.maximum is None else f'{self.maximum:g}'
-        return f'a number in [{lo}, {hi}{")" if self.maximum_open or self.maximum is None else "]"}'
+        left = '(' if self.minimum_open or self.minimum is None else '['
+        return f'a number in {left}{lo}, {hi}{")" if self.maximum_open or self.maximum is None else "]"}'
 
     def check(self, value: Any) -> float:
         if _is_bool(value) or not isinstance(value, numbers.Real):
             raise SchemaViolation(self.describe())
         value = float(value)
         if not math.isfinite(value) or (self.minimum is not None and value < self.minimum):
+            raise SchemaViolation(self.describe())
+        if self.minimum_open and value == self.minimum:
             raise SchemaViolation(self.describe())
         if self.maximum is not None and (value > self.maximum or (self.maximum_open and value == self.maximum)):
             raise SchemaViolation(self.describe())
@@ -103,20 +107,32 @@ class Bool(Spec):
 
 
 class Choice(Spec):
-    """ One of ``choices`` (compared by type and value: ``16.0`` is not ``16``, ``True`` is not ``1``). """
+    """ One of ``choices`` (compared by type and value: ``16.0`` is not ``16``, ``True`` is not ``1``).
 
-    def __init__(self, choices: Iterable[Any]):
-        self.choices = tuple(choices)
+    ``choices`` may be a function returning them, read at each check (a registry that can grow, such as the
+    residual unit types of ``layers.units``).
+    """
+
+    def __init__(self, choices: Union[Iterable[Any], Callable[[], Iterable[Any]]]):
+        self._choices = choices if callable(choices) else tuple(choices)
+
+    @property
+    def choices(self) -> Tuple[Any, ...]:
+        return tuple(self._choices()) if callable(self._choices) else self._choices
 
     def describe(self) -> str:
-        return f"one of {', '.join(repr(c) for c in self.choices)}"
+        choices = self.choices
+        if choices and not any(isinstance(c, str) for c in choices):
+            return f'one of {choices!r}'  # numbers as a tuple: 'one of (8, 16, 32)'
+        return f"one of {', '.join(repr(c) for c in choices)}"
 
     def check(self, value: Any) -> Any:
-        if _is_bool(value) and not any(_is_bool(c) for c in self.choices):
+        choices = self.choices
+        if _is_bool(value) and not any(_is_bool(c) for c in choices):
             raise SchemaViolation(self.describe())
         if isinstance(value, numbers.Integral) and not _is_bool(value):
             value = operator.index(value)
-        for choice in self.choices:
+        for choice in choices:
             if type(choice) is type(value) and choice == value:
                 return value
         raise SchemaViolation(self.describe())
@@ -138,14 +154,15 @@ class Str(Spec):
 
 
 class IntTuple(Spec):
-    """ A tuple (or list) of integers ``>= minimum``, of ``length`` items if given (at least one otherwise). """
+    """ A tuple (or list) of integers ``>= minimum``, of ``length`` items if given (at least one otherwise);
+    ``per`` names what each item is for in messages (``'stage'``: "one per stage"). """
 
-    def __init__(self, minimum: int = 0, length: Optional[int] = None):
-        self.minimum, self.length = minimum, length
+    def __init__(self, minimum: int = 0, length: Optional[int] = None, per: str = ''):
+        self.minimum, self.length, self.per = minimum, length, per
 
     def describe(self) -> str:
         count = f'{self.length}' if self.length is not None else 'one or more'
-        return f'a tuple of {count} integers >= {self.minimum}'
+        return f'a tuple of {count} integers >= {self.minimum}' + (f', one per {self.per}' if self.per else '')
 
     def check(self, value: Any) -> Tuple[int, ...]:
         if not isinstance(value, (tuple, list)):
@@ -160,12 +177,14 @@ class IntTuple(Spec):
 
 
 class Nullable(Spec):
-    """ ``None`` or a value of ``inner``. """
+    """ ``None`` or a value of ``inner``; ``none_means`` says what None stands for in messages. """
 
-    def __init__(self, inner: Spec):
-        self.inner = inner
+    def __init__(self, inner: Spec, none_means: str = ''):
+        self.inner, self.none_means = inner, none_means
 
     def describe(self) -> str:
+        if self.none_means:
+            return f'{self.inner.describe()}, or None ({self.none_means})'
         return f'None or {self.inner.describe()}'
 
     def check(self, value: Any) -> Any:

@@ -42,9 +42,14 @@ _WEIGHT_KWARGS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'che
 def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Dict[str, object]:
     """ ``['attention_residual=False', 'stage_chs=(16, 32, 64)', 'mask_act=spatial']`` -> kwargs.
 
-    Values are Python literals where they parse as one (``False``, ``3``, ``(1, 2)``), else the raw string; the
-    model's config then checks each value's type, so ``attention_residual=false`` is refused, not read as truthy.
+    Values are Python literals where they parse as one (``False``, ``3``, ``(1, 2)``), else the raw string. Each
+    argument of the network is checked here against the same description as from Python and ``torch.hub``
+    (``models.config.MODEL_ARGS``), so ``attention_residual=false`` is refused, not read as truthy, and
+    ``num_classes=None`` is refused rather than dropped; rules between arguments are the model's. A key given twice
+    is an error.
     """
+    from ..models.config import MODEL_ARGS
+
     kwargs = {}
     for item in items:
         key, sep, value = item.partition('=')
@@ -55,10 +60,15 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
             raise CommandError(
                 f'{flag} {key}=...: not an architecture setting; weights come from --pretrained or --checkpoint '
                 f'(read and checked by timm_resattn.weights)')
+        if key in kwargs:
+            raise CommandError(f'{flag}: {key} is given twice ({key}={kwargs[key]!r:.100} and {item!r:.100}); '
+                               f'give each key once')
         try:
             kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             kwargs[key] = value
+        if key in MODEL_ARGS:
+            kwargs[key] = MODEL_ARGS.check_value(key, kwargs[key], source=flag)
     return kwargs
 
 

@@ -1,24 +1,37 @@
 """ The architecture config of a Residual Attention Network: one record per variant, checked in one place.
 
 ``ResAttnCfg`` holds every architectural choice (``model_cfgs`` in ``resattnet.py`` has one row per registered
-variant; ``timm.create_model(name, **kwargs)`` overrides fields), validates the type and range of each field
-(``validate``: the one place they are checked) and does the arithmetic the network and its users need once: blocks
-per stage, the units of a local mask, the stride/dilation schedule for ``output_stride``, the minimum input size,
-and the fields recorded with saved weights.
+variant; ``timm.create_model(name, **kwargs)`` overrides fields). ``MODEL_ARGS`` is the one typed description of
+every argument of the network (each config field and each constructor argument: type, range, choices); ``validate``
+checks a config against it and then the rules between fields. The config does the arithmetic the network and its
+users need once: blocks per stage, the units of a local mask, the stride/dilation schedule for ``output_stride``,
+the minimum input size, and the fields recorded with saved weights.
 """
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from ..errors import ConfigError, check_choice
+import torch
+import torch.nn as nn
+from timm.layers import get_act_layer
+
+from ..errors import ConfigError
 from ..layers.attention import MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS
 from ..layers.units import registered_units
+from ..schema import Any_, Bool, Choice, Float, Int, IntTuple, Nullable, Schema
 
-__all__ = ['ResAttnCfg', 'OUTPUT_STRIDES']
+__all__ = ['ResAttnCfg', 'OUTPUT_STRIDES', 'POOL_TYPES', 'MODEL_ARGS', 'CONSTRUCTOR_ARGS', 'check_model_args']
 
 CONV_INITS = ('kaiming_normal_fan_out', 'kaiming_uniform_fan_in')
 STEM_TYPES = ('imagenet', 'cifar')
 OUTPUT_STRIDES = (8, 16, 32)
+# timm's global pool types (``timm.layers.SelectAdaptivePool2d``): '' (no pooling: the head returns the unpooled
+# features, with num_classes=0 only), the adaptive pools, and their 'fast' forms (the same pools as a mean/amax over
+# H and W). Lower case only: timm lower-cases the name to pick the pool but not to count 'catavgmax''s features.
+_POOLS = ('avg', 'max', 'avgmax', 'catavgmax')
+POOL_TYPES = ('',) + _POOLS + ('fast',) + tuple(f'fast{p}' for p in _POOLS)
+# where the residual unit types come from (read at each check: ``layers.units.register_unit`` adds to them)
+UNIT_TYPES = registered_units
 
 
 def _pool_out(size: int, mode: str = 'caffe') -> int:
@@ -32,17 +45,96 @@ def _pool_out(size: int, mode: str = 'caffe') -> int:
     return (size - 2) // 2 + 1
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_act_layer(value: Any) -> bool:
+    """ What timm's ``get_act_layer`` resolves to a layer: a name it knows, an ``nn.Module`` class, a factory. """
+    if isinstance(value, str):
+        try:
+            return get_act_layer(value) is not None  # '' resolves to None: a net without activations
+        except KeyError:
+            return False
+    if isinstance(value, type):
+        return issubclass(value, nn.Module)
+    return callable(value) and not isinstance(value, nn.Module)  # a module instance is not a layer factory
+
+
+def _is_device(value: Any) -> bool:
+    if value is None or isinstance(value, torch.device):
+        return True
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return False
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _is_dtype(value: Any) -> bool:
+    return value is None or (isinstance(value, torch.dtype) and value.is_floating_point)
+
+
+# One typed description of every argument of a Residual Attention Network: the ``ResAttnCfg`` fields (overridable
+# as keyword arguments) and the constructor's own arguments. ``ResAttnCfg.validate`` and ``check_model_args`` check
+# values against it (Python, ``timm.create_model``, ``torch.hub``, ``--model-kwargs``); cross-field rules (lengths per
+# stage, widths vs groups, mask levels vs mask type, the minimum input size) stay in ``ResAttnCfg.validate``.
+_CFG_SPECS = dict(
+    unit=Choice(UNIT_TYPES),
+    stem_type=Choice(STEM_TYPES),
+    stem_chs=Int(1),
+    stage_chs=IntTuple(1, per='stage'),
+    stage_strides=IntTuple(1, per='stage'),
+    stage_units=IntTuple(1, per='stage'),  # the first unit of a stage sets its width and stride
+    stage_modules=IntTuple(0, per='stage'),
+    stage_tail_units=Nullable(IntTuple(0, per='stage'), none_means='no tail units'),
+    mask_levels=IntTuple(0, per='stage'),
+    p=Int(0),
+    t=Int(1),
+    r=Int(1),
+    bottle_ratio=Float(0, 16, minimum_open=True),
+    groups=Int(1),
+    attention_residual=Bool(),
+    mask_act=Choice(MASK_ACTS),
+    mask_type=Choice(MASK_TYPES),
+    local_mask_units=Nullable(IntTuple(1, per='stage'), none_means='matched to the encoder-decoder mask'),
+    mask_wiring=Choice(MASK_WIRINGS),
+    max_pool=Choice(MAX_POOLS),
+    conv_init=Choice(CONV_INITS),
+    memory_efficient=Bool(),
+)
+_CONSTRUCTOR_SPECS = dict(
+    num_classes=Int(0),
+    in_chans=Int(1),
+    global_pool=Choice(POOL_TYPES),
+    drop_rate=Float(0, 1, maximum_open=True),
+    drop_path_rate=Float(0, 1, maximum_open=True),
+    act_layer=Any_(_is_act_layer, "an activation name timm.layers.get_act_layer knows ('relu', 'silu', 'gelu', ...), "
+                                  "an nn.Module class, or a function returning a module"),
+    zero_init_last=Bool(),
+    output_stride=Nullable(Choice(OUTPUT_STRIDES), none_means="the net's own"),
+    device=Any_(_is_device, "None, a torch.device, or a device name torch.device accepts ('cpu', 'cuda:0', 'meta')"),
+    dtype=Any_(_is_dtype, 'None or a floating-point torch.dtype'),
+)
+CONSTRUCTOR_ARGS = tuple(_CONSTRUCTOR_SPECS)
+# the fields with one value per stage (as many as ``stage_chs``)
+_PER_STAGE = ('stage_strides', 'stage_units', 'stage_modules', 'mask_levels', 'stage_tail_units', 'local_mask_units')
+MODEL_ARGS = Schema({**_CFG_SPECS, **_CONSTRUCTOR_SPECS}, error=ConfigError, what='model argument')
+
+
+def check_model_args(**values: Any) -> Dict[str, Any]:
+    """ ``values`` (any of ``MODEL_ARGS``: constructor arguments, config fields) checked and normalised (numpy
+    scalars to Python ones, lists to tuples); a ``ConfigError`` names the first bad one and what was expected. """
+    return MODEL_ARGS.check(values)
 
 
 @dataclass(frozen=True)
 class ResAttnCfg:
     """ Architecture of a Residual Attention Network. A variant is one row of ``model_cfgs``.
 
-    Every field can be overridden from ``timm.create_model(name, **kwargs)`` (and train.py's ``--model-kwargs``).
-    :meth:`validate` checks every field's type and range (the one place where they are checked) and raises a
-    ``ConfigError`` (a ``ValueError``) naming the field and what was expected.
+    Every field can be overridden from ``timm.create_model(name, **kwargs)`` (and the commands' ``--model-kwargs``).
+    :meth:`validate` checks every field's type and range against ``MODEL_ARGS`` (the one description of them), then
+    the rules between fields, and raises a ``ConfigError`` (a ``ValueError``) naming the field and what was expected.
+    numpy scalars are accepted and normalised (``np.int64(2)`` -> ``2``); bools are not integers and strings are not
+    bools (``attention_residual='false'`` is refused).
 
     Args:
         unit: Residual unit type: ``'preact'`` (pre-activation bottleneck), ``'next'`` (ResNeXt, post-act) or
@@ -173,20 +265,18 @@ class ResAttnCfg:
         keeps its input's resolution (stride 1) and multiplies the dilation by that stride instead, and so do all
         stages after it; its first unit keeps the previous dilation (``first_dilation``), the later ones use the new
         one. ``reduction`` is the stride of the stage's output relative to the input (``feature_info``). This is the
-        one place ``output_stride`` is validated.
+        one place ``output_stride`` is checked against the net (its type and value: ``MODEL_ARGS``).
         """
+        output_stride = MODEL_ARGS.check_value('output_stride', output_stride)
         stem_stride = 4 if self.stem_type == 'imagenet' else 1
         native = stem_stride * math.prod(self.stage_strides)
-        if output_stride is not None:
-            if self.stem_type != 'imagenet':
-                raise ConfigError(
-                    f"output_stride={output_stride!r}: a net with stem_type={self.stem_type!r} runs at stride "
-                    f"{native} overall (stem stride {stem_stride}, stage_strides={self.stage_strides}), below any "
-                    f"output stride, so there is nothing to dilate. output_stride applies to the ImageNet-layout nets "
-                    f"(stem_type='imagenet') only; leave it unset here."
-                )
-            if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
-                raise ConfigError(f'output_stride={output_stride!r} is not supported; expected one of {OUTPUT_STRIDES}')
+        if output_stride is not None and self.stem_type != 'imagenet':
+            raise ConfigError(
+                f"output_stride={output_stride!r}: a net with stem_type={self.stem_type!r} runs at stride "
+                f"{native} overall (stem stride {stem_stride}, stage_strides={self.stage_strides}), below any "
+                f"output stride, so there is nothing to dilate. output_stride applies to the ImageNet-layout nets "
+                f"(stem_type='imagenet') only; leave it unset here."
+            )
         net_stride, dilation = stem_stride, 1
         schedule = []
         for stride in self.stage_strides:
@@ -245,52 +335,19 @@ class ResAttnCfg:
         }
 
     def validate(self) -> 'ResAttnCfg':
-        """ Check every field's type and range; returns ``self``. """
+        """ Check every field (its type and range against ``MODEL_ARGS``, then the rules between fields); returns
+        the config with its values normalised (numpy scalars to Python ones, lists to tuples). """
+        self = replace(self, **MODEL_ARGS.check({f.name: getattr(self, f.name) for f in fields(self)}))
+
         def fail(name: str, expected: str) -> None:
             raise ConfigError(f'{name}={getattr(self, name)!r} is invalid: expected {expected}')
 
-        def choice(name: str, choices) -> None:
-            check_choice(name, getattr(self, name), choices)
-
-        def integer(name: str, minimum: int) -> None:
-            if not _is_int(getattr(self, name)) or getattr(self, name) < minimum:
-                fail(name, f'{name} >= {minimum} (an int)')
-
-        def per_stage(name: str, minimum: int, value=None) -> None:
-            value = getattr(self, name) if value is None else value
-            if not isinstance(value, tuple) or len(value) != n or not all(_is_int(v) and v >= minimum for v in value):
-                fail(name, f'a tuple of {n} ints >= {minimum}, one per stage')
-
-        choice('unit', registered_units())
-        choice('stem_type', STEM_TYPES)
-        choice('mask_act', MASK_ACTS)
-        choice('mask_type', MASK_TYPES)
-        choice('mask_wiring', MASK_WIRINGS)
-        choice('max_pool', MAX_POOLS)
-        choice('conv_init', CONV_INITS)
-        for name in ('attention_residual', 'memory_efficient'):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, 'True or False (a bool; strings like "false" are not accepted)')
-        integer('stem_chs', 1)
-        integer('p', 0)
-        integer('t', 1)
-        integer('r', 1)
-        integer('groups', 1)
-        if not isinstance(self.stage_chs, tuple) or not self.stage_chs:
-            fail('stage_chs', 'a non-empty tuple of ints >= 1, one per stage')
         n = len(self.stage_chs)
-        per_stage('stage_chs', 1)
-        per_stage('stage_strides', 1)
-        per_stage('stage_units', 1)  # the first unit of a stage sets its width and stride
-        per_stage('stage_modules', 0)
-        per_stage('mask_levels', 0)
-        if self.stage_tail_units is not None:
-            per_stage('stage_tail_units', 0)
-        if self.local_mask_units is not None:
-            per_stage('local_mask_units', 1)
+        for name in _PER_STAGE:
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                fail(name, f'a tuple of {n} values, one per stage (stage_chs has {n} stages)')
         ratio = self.bottle_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 16:
-            fail('bottle_ratio', 'a number in (0, 16]')
         min_width = 2 if self.unit == 'inception' else 1  # the inception unit's narrowest branch is half the width
         for chs in self.stage_chs:
             width = int(chs * ratio)

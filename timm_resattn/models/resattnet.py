@@ -38,7 +38,8 @@ from ..errors import ConfigError
 from ..weights import (
     ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs, unwrap_state_dict,
 )
-from .config import ResAttnCfg
+from ..schema import Bool, Schema
+from .config import ResAttnCfg, check_model_args
 from .stages import create_stages
 
 __all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
@@ -49,18 +50,16 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _check_model_args(num_classes: Any, in_chans: Any, drop_rate: Any, drop_path_rate: Any) -> None:
-    """ The constructor's own numeric arguments (the architecture's are ``ResAttnCfg.validate``'s). """
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+def _check_head(num_classes: int, global_pool: str) -> None:
+    """ timm's ``ClassifierHead`` has no classifier for unpooled features: ``global_pool=''`` needs
+    ``num_classes=0`` (the pair timm uses for a net's unpooled features). """
+    if not global_pool and num_classes:
+        raise ConfigError(f"global_pool='' is invalid with num_classes={num_classes}: expected num_classes=0 with it "
+                          f"(no pooling: the head returns the unpooled features), or a pool type such as 'avg'")
 
-    if not is_int(num_classes) or num_classes < 0:
-        raise ConfigError(f'num_classes={num_classes!r} is invalid: expected an integer >= 0 (0: no classifier)')
-    if not is_int(in_chans) or in_chans < 1:
-        raise ConfigError(f'in_chans={in_chans!r} is invalid: expected an integer >= 1')
-    for name, rate in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate)):
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise ConfigError(f'{name}={rate!r} is invalid: expected a number in [0, 1)')
+
+# the value of the ``enable`` switches (``set_grad_checkpointing``, ``set_memory_efficient``)
+_SWITCH = Schema(dict(enable=Bool()), error=ConfigError)
 
 
 class ResidualAttentionNet(nn.Module):
@@ -105,20 +104,37 @@ class ResidualAttentionNet(nn.Module):
             cfg: Architecture config (a ``model_cfgs`` row).
             num_classes: Number of classifier outputs (0 for no classifier).
             in_chans: Number of input image channels.
-            global_pool: Global pooling type ('avg', 'max', 'avgmax', 'catavgmax', or '' for none).
+            global_pool: Global pooling type ('avg', 'max', 'avgmax', 'catavgmax', their 'fast' forms such as
+                'fastavg', or '' for none; ``config.POOL_TYPES``).
             drop_rate: Dropout rate before the classifier.
             drop_path_rate: Stochastic depth rate, linear over the trunk's blocks; mask-branch units never drop.
-            act_layer: Activation layer of every BN-act (ReLU officially).
+            act_layer: Activation layer of every BN-act (ReLU officially): a name ``timm.layers.get_act_layer``
+                knows, an ``nn.Module`` class or a function returning a module.
             zero_init_last: Zero-init the last BN/conv of each residual unit.
             output_stride: Stride of the final features, 8, 16 or 32 (None: the net's own, 32 for the ImageNet
                 nets), for dense prediction as in timm's ResNet: the later stages keep their resolution and dilate
                 their trunk's 3x3 convs instead (see the class docstring). Same parameters at every value.
                 ImageNet-layout nets only.
             **kwargs: Overrides of ``cfg`` fields (e.g. ``attention_residual=False``, ``mask_act='spatial'``).
+
+        Every argument and field is checked against ``MODEL_ARGS`` (``models.config``: the one typed description of
+        them) before anything is built: a ``ConfigError`` names the first bad one; an unknown keyword is a
+        ``TypeError``. numpy scalars are accepted (``num_classes=np.int64(10)``); bools are not integers, strings
+        are not bools.
         """
         super().__init__()
+        if not isinstance(cfg, ResAttnCfg):
+            raise ConfigError(f'cfg={cfg!r:.200} is invalid: expected a ResAttnCfg (a row of model_cfgs)')
+        args = check_model_args(  # the constructor's own arguments (the config's: ResAttnCfg.validate)
+            num_classes=num_classes, in_chans=in_chans, global_pool=global_pool, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, act_layer=act_layer, zero_init_last=zero_init_last,
+            output_stride=output_stride, device=device, dtype=dtype,
+        )
+        num_classes, in_chans, global_pool, drop_rate, drop_path_rate, zero_init_last, output_stride = (
+            args[k] for k in ('num_classes', 'in_chans', 'global_pool', 'drop_rate', 'drop_path_rate',
+                              'zero_init_last', 'output_stride'))
+        _check_head(num_classes, global_pool)
         dd = {'device': device, 'dtype': dtype}
-        _check_model_args(num_classes, in_chans, drop_rate, drop_path_rate)
         if kwargs:
             cfg = ResAttnCfg.from_overrides(cfg, kwargs)
         self.cfg = cfg = cfg.validate()
@@ -163,6 +179,7 @@ class ResidualAttentionNet(nn.Module):
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False):
         """ Initialise conv weights (``cfg.conv_init``) and BN affine params; optionally zero units' last layers. """
+        zero_init_last = check_model_args(zero_init_last=zero_init_last)['zero_init_last']
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 if self.cfg.conv_init == 'kaiming_uniform_fan_in':
@@ -218,6 +235,7 @@ class ResidualAttentionNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         """ Enable or disable activation checkpointing of each stage's blocks during training. """
+        enable = _SWITCH.check_value('enable', enable)
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -227,6 +245,7 @@ class ResidualAttentionNet(nn.Module):
         Sets ``memory_efficient`` on every unit and mask head, and wraps (or unwraps) each max-pool in
         ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
         """
+        enable = _SWITCH.check_value('enable', enable)
         set_memory_efficient(self, enable)
         self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
 
@@ -236,7 +255,12 @@ class ResidualAttentionNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """ Replace the classifier with a new one for ``num_classes`` (0: none), optionally changing the pooling. """
+        """ Replace the classifier with a new one for ``num_classes`` (0: none), optionally changing the pooling
+        (None: unchanged). Both are checked as the constructor's arguments are (``MODEL_ARGS``). """
+        num_classes = check_model_args(num_classes=num_classes)['num_classes']
+        if global_pool is not None:
+            global_pool = check_model_args(global_pool=global_pool)['global_pool']
+        _check_head(num_classes, self.head.global_pool.pool_type if global_pool is None else global_pool)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
