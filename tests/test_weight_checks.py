@@ -300,3 +300,29 @@ def test_check_weights_is_the_one_entry(net):
     sd['head.fc.weight'][0, 0] = float('nan')
     with pytest.raises(WeightsError, match='NaN'):
         check_weights(sd, model, 'sd', net.weights_metadata())
+
+
+def test_command_refuses_nan_weights(tmp_path, capsys):
+    """ ``classify --checkpoint`` with a BN whose running_var + eps <= 0: one error line and status 2, not nan%. """
+    import numpy as np
+    from PIL import Image
+
+    from timm_resattn.cli import main
+    img = tmp_path / 'img.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)
+
+    def edit(sd):
+        sd['norm.running_var'][:] = -1.0
+    path = _bad_file(timm.create_model(NAME), tmp_path, edit)  # the command builds the registered width
+    assert main(['classify', str(img), '--model', NAME, '--checkpoint', str(path)]) == 2
+    captured = capsys.readouterr()
+    assert 'nan%' not in captured.out
+    assert captured.err.startswith('error: ') and 'running_var + eps <= 0' in captured.err
+
+
+def test_not_strict_still_refuses_integers(net, tmp_path):
+    """ ``strict=False`` skips the key check, not the dtype and value checks of what it loads. """
+    def edit(sd):
+        sd['head.fc.weight'] = (sd['head.fc.weight'] * 100).to(torch.int16)
+    with pytest.raises(WeightsError, match=r"head\.fc\.weight: torch\.int16, not floating point"):
+        load_weights(_net(), _bad_file(net, tmp_path, edit), strict=False)

@@ -131,7 +131,10 @@ def _value_problems(
     uncastable, non_finite, bad_var = [], [], []
     for k in keys:
         v, want = state_dict[k], model_sd[k]
-        if not (isinstance(v, torch.Tensor) and v.is_floating_point() and want.is_floating_point()):
+        if not (isinstance(v, torch.Tensor) and want.is_floating_point()):
+            continue
+        if not v.is_floating_point():  # an integer tensor would be cast and lose its values
+            uncastable.append(f'{k}: {v.dtype}, not floating point')
             continue
         if v.device.type == 'meta':
             continue
