@@ -157,20 +157,22 @@ def no_weights_error(variant: str, tag: Optional[str], hint: str = '') -> Weight
     )
 
 
+# the weight files timm's ``load_state_dict_from_path`` looks for in a ``local-dir:`` folder, in its order of
+# preference, then the first file (sorted by name) of each extension (timm exports no public names for them)
+_HUB_PREFERRED_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
+_HUB_EXTENSIONS = ('.safetensors', '.pth', '.pth.tar', '.bin')
+
+
 def _hub_weights_file(cfg: Mapping[str, Any]) -> Optional[Path]:
     """ The file timm's ``load_pretrained`` read for a ``local-dir:`` / ``hf-hub:`` source, found the way it finds
     it (timm's preferred file names, then the first file of each extension; on the Hub the file in the local cache,
     safetensors first). None when it can't be located (e.g. a Hub download into another ``cache_dir``). """
-    try:  # timm exports no public names for them
-        from timm.models._hub import _EXT_PRIORITY, _PREFERRED_FILES
-    except ImportError:
-        _PREFERRED_FILES, _EXT_PRIORITY = ('model.safetensors', 'pytorch_model.bin'), ('.safetensors', '.bin')
     if cfg.get('source') == 'local-dir':
         folder = Path(cfg.get('file') or '')
-        for name in _PREFERRED_FILES:
+        for name in _HUB_PREFERRED_FILES:
             if (folder / name).exists():
                 return folder / name
-        for ext in _EXT_PRIORITY:
+        for ext in _HUB_EXTENSIONS:
             found = sorted(folder.glob(f'*{ext}'))
             if found:
                 return found[0]
