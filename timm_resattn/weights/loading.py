@@ -193,20 +193,19 @@ def _hub_weights_file(cfg: Mapping[str, Any]) -> Optional[Path]:
     return None
 
 
-def _config_metadata(model: nn.Module) -> Any:
-    """ The metadata of the net that a Hub folder's ``config.json`` describes (its ``architecture`` built with its
-    ``model_args``, on the meta device), or None when the model records no metadata. """
-    if not callable(getattr(model, 'weights_metadata', None)):
+def _config_metadata(model: nn.Module, where: str) -> Any:
+    """ The metadata of the net that a Hub folder's ``config.json`` (``where``) describes: its ``architecture``
+    built with its ``model_args`` (as timm parsed them) on the meta device; None when the model records none. """
+    arch = model.pretrained_cfg.get('architecture')
+    if not arch or not callable(getattr(model, 'weights_metadata', None)):
         return None
     import timm
-    arch = model.pretrained_cfg.get('architecture')
     args = getattr(model, 'pretrained_model_args', None) or {}
     try:
         described = timm.create_model(arch, device='meta', **args)
     except (ResAttnError, TypeError, ValueError, RuntimeError) as e:
         raise WeightsError(
-            f"config.json of '{model.pretrained_cfg.get('source')}:{model.pretrained_cfg.get('file') or ''}' "
-            f"describes a net that can't be built ({arch} with model_args {args!r:.300}): {e}") from None
+            f"{where} describes a net that can't be built ({arch} with model_args {args!r:.300}): {e}") from None
     return described.weights_metadata()
 
 
@@ -229,7 +228,7 @@ def checked_pretrained_filter(filter_fn: FilterFn) -> FilterFn:
                 metadata = read_weight_metadata(path)
             where = f"config.json of '{cfg['hf_hub_id']}'" if cfg.get('source') == 'hf-hub' else \
                 f"'{Path(cfg.get('file') or '') / 'config.json'}'"
-            declared.append((_config_metadata(model), where))
+            declared.append((_config_metadata(model, where), where))
         state_dict = filter_fn(state_dict, model)
         check_weights(state_dict, model, source, metadata, declared=declared)
         return state_dict
