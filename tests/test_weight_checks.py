@@ -248,7 +248,7 @@ def _with_arch_cfg(net, tmp_path, arch_cfg):
     ('{"attention_residual": "false"}', "attention_residual='false' is invalid: expected True or False"),
     ('{"stage_chs": 16}', 'stage_chs=16 is invalid: expected a tuple'),
     ('{"bottle_ratio": null}', 'bottle_ratio=None is invalid: expected a number'),
-    ('{"mask_act": ["mixed"]}', r"mask_act=\['mixed'\] is invalid: expected one of"),
+    ('{"mask_act": ["mixed"]}', r"mask_act=\['mixed'\] is invalid: expected a string"),
     # equal to the model's values in Python (1 == True, 8.0 == 8), yet of the wrong type
     ('{"attention_residual": 1}', 'attention_residual=1 is invalid: expected True or False'),
     ('{"stem_chs": 8.0}', 'stem_chs=8.0 is invalid: expected an integer'),
@@ -326,3 +326,24 @@ def test_not_strict_still_refuses_integers(net, tmp_path):
         sd['head.fc.weight'] = (sd['head.fc.weight'] * 100).to(torch.int16)
     with pytest.raises(WeightsError, match=r"head\.fc\.weight: torch\.int16, not floating point"):
         load_weights(_net(), _bad_file(net, tmp_path, edit), strict=False)
+
+
+def test_the_issues_own_examples(net, folder, tmp_path):
+    """ The cases named in the issue: mask_act='channel' on a default folder, config.json edited to
+    attention_residual=false, save_pretrained(model_args=...) contradicting the header, a float64 1e300, and
+    metadata 5 / null / a list. """
+    with pytest.raises(WeightsError, match="mask_act='mixed'.*mask_act='channel'"):
+        timm.create_model(f'local-dir:{folder}', pretrained=True, mask_act='channel')
+    edited = _copy_folder(folder, tmp_path, lambda cfg: cfg['model_args'].update(attention_residual=False))
+    with pytest.raises(WeightsError, match='contradict'):
+        timm.create_model(f'local-dir:{edited}', pretrained=True)
+    with pytest.raises(ExportError, match='contradict'):
+        save_pretrained(net, tmp_path / 'contradicting', model_args=dict(attention_residual=False))
+
+    def edit(sd):
+        sd['head.fc.weight'][0, 0] = 1e300
+    with pytest.raises(WeightsError, match=r'head\.fc\.weight \(torch\.float64 -> torch\.float32\)'):
+        load_weights(_net(), _bad_file(net, tmp_path, edit, torch.float64))
+    for arch_cfg, kind in (('5', 'a number'), ('null', 'null'), ('[]', 'a list')):
+        with pytest.raises(WeightsError, match=f'expected a JSON object of architecture fields, got {kind}'):
+            load_weights(_net(), _with_arch_cfg(net, tmp_path, arch_cfg))

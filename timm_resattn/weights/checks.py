@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Seque
 import torch
 
 from ..errors import WeightsError
-from ..schema import Any_, Bool, Choice, Float, Int, IntTuple, Nullable, Schema, Spec, Str
+from ..schema import Any_, Bool, Float, Int, IntTuple, Nullable, Schema, Spec, Str
 from .files import _first
 
 __all__ = [
@@ -311,8 +311,9 @@ def _spec_for(tp: Any) -> Spec:
     if origin is Union and type(None) in args:
         rest = [a for a in args if a is not type(None)]
         return Nullable(_spec_for(rest[0]) if len(rest) == 1 else _ANY_JSON)
-    if origin is Literal:
-        return Choice(args)
+    if origin is Literal:  # the type of its values (a value outside them differs from the model's: refused then)
+        kinds = {type(a) for a in args}
+        return _spec_for(kinds.pop()) if len(kinds) == 1 else _ANY_JSON
     if origin is tuple and args and all(a is int or a is Ellipsis for a in args):
         return IntTuple(minimum=0, length=None if Ellipsis in args else len(args))
     return {bool: Bool(), int: Int(), float: Float(), str: Str()}.get(tp, _ANY_JSON)
