@@ -5,6 +5,7 @@ layer by layer and executes them with the Caffe fork's layer semantics, so "conv
 checked end to end on random blobs. Nets run at small sizes (plus Attention-56 at 224 and Attention-92 at an odd
 size, where the Interp ratios are not 2).
 """
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -208,6 +209,61 @@ def test_non_positive_inv_std(net56):
     bad['conv1/bn'] = blobs['conv1/bn'][:3] + [inv_std]
     with pytest.raises(ValueError, match=r"'conv1/bn' blob 3 \(inv_std.*2 non-positive"):
         convert_caffe_blobs(bad, 'resattnet56')
+
+
+def _with_blob(blobs, layer, index, edit, dtype=None):
+    """ A copy of ``blobs`` where blob ``index`` of ``layer`` is ``edit``ed (on a copy, optionally cast first). """
+    bad = dict(blobs)
+    blob = blobs[layer][index].astype(dtype or blobs[layer][index].dtype)
+    edit(blob)
+    bad[layer] = blobs[layer][:index] + [blob] + blobs[layer][index + 1:]
+    return bad
+
+
+@pytest.mark.parametrize('layer, index, value, dtype, match', [
+    ('conv1', 0, np.nan, None, r"'conv1' blob 0 \(weights\) has 1 NaN/Inf"),
+    ('classifier', 1, np.inf, None, r"'classifier' blob 1 \(bias\) has 1 NaN/Inf"),
+    ('conv1/bn', 0, np.nan, None, r"'conv1/bn' blob 0 \(scale\) has 1 NaN/Inf"),
+    ('conv1/bn', 2, -np.inf, None, r"'conv1/bn' blob 2 \(mean\) has 1 NaN/Inf"),
+    # finite as float64, Inf as the float32 it is stored in
+    ('classifier', 0, 1e300, np.float64, r"'classifier' blob 0 \(weights\) has 1 NaN/Inf values \(as float32\)"),
+    ('conv1/bn', 1, -1e40, np.float64, r"'conv1/bn' blob 1 \(shift\) has 1 NaN/Inf"),
+])
+def test_non_finite_blobs_refused(net56, layer, index, value, dtype, match):
+    """ A blob that would hold NaN/Inf in the converted state_dict is refused, naming the layer and the blob. """
+    _, blobs = net56
+
+    def edit(b):
+        b.flat[0] = value
+    with pytest.raises(ValueError, match=match):
+        convert_caffe_blobs(_with_blob(blobs, layer, index, edit, dtype), 'resattnet56')
+
+
+@pytest.mark.parametrize('inv_std', [
+    1e-30,  # running_var = 1e60: Inf in float32
+    1e8,  # running_var = 1e-16 - eps: running_var + eps cancels to 0 in float32, 1/sqrt(0) = Inf
+])
+def test_inv_std_out_of_float32_range(net56, inv_std):
+    """ inv_std > 0 and finite, yet BatchNorm2d would compute 1/sqrt(running_var + eps) = Inf in float32. """
+    _, blobs = net56
+
+    def edit(b):
+        b.flat[3] = inv_std
+    with pytest.raises(ValueError, match=r"'conv1/bn' blob 3 \(inv_std\) has 1 values that give a non-finite"):
+        convert_caffe_blobs(_with_blob(blobs, 'conv1/bn', 3, edit, np.float64), 'resattnet56')
+
+
+def test_slightly_negative_running_var_is_kept(net56):
+    """ inv_std a little above 1/sqrt(eps) gives a slightly negative running_var: legitimate, converted as is, and the
+    checked loader accepts it (running_var + eps > 0). """
+    from timm_resattn.weights import check_weights
+    _, blobs = net56
+
+    def edit(b):
+        b.flat[0] = 1.01 / math.sqrt(1e-5)
+    sd = convert_caffe_blobs(_with_blob(blobs, 'conv1/bn', 3, edit, np.float64), 'resattnet56')
+    assert -1e-5 < float(sd['stem.norm.running_var'][0]) < 0
+    check_weights(sd, timm.create_model('resattnet56', device='meta'), 'the converted blobs')
 
 
 # --- .caffemodel reading ---

@@ -175,6 +175,17 @@ _HF_CHILD = textwrap.dedent('''
         timm.create_model('hf-hub:org/not-in-cache', pretrained=True)
     except Exception as e:
         print('MISSING-REPO', type(e).__name__)
+    from timm_resattn.weights import WeightsError
+    try:  # the header of the cached model.safetensors is read: same shapes, another function
+        timm.create_model('hf-hub:org/resattnet56_cifar.test', pretrained=True, max_pool='torch')
+    except WeightsError as e:
+        assert "written for resattnet56_cifar (max_pool='caffe')" in str(e), str(e)
+        print('OVERRIDE-REFUSED')
+    try:  # a repo whose config.json contradicts its weights' header
+        timm.create_model('hf-hub:org/resattnet56_cifar.edited', pretrained=True)
+    except WeightsError as e:
+        assert "config.json of 'org/resattnet56_cifar.edited' describes" in str(e), str(e)
+        print('CONTRADICTION-REFUSED')
     print('HF-HUB-OK')
 ''')
 
@@ -197,6 +208,10 @@ def test_hf_hub_offline_cache(exported, tmp_path):
     _, out, directory = exported
     cache = tmp_path / 'hf' / 'hub'
     snapshot = _fill_hf_cache(cache, f'org/{NAME}.test', sorted(directory.iterdir()))
+    edited = _fill_hf_cache(cache, f'org/{NAME}.edited', sorted(directory.iterdir()))
+    config = json.loads((edited / 'config.json').read_text())
+    config['model_args']['attention_residual'] = True  # the weights' header says False
+    (edited / 'config.json').write_text(json.dumps(config))
     from huggingface_hub import try_to_load_from_cache
     assert try_to_load_from_cache(f'org/{NAME}.test', 'config.json', cache_dir=str(cache)) == \
         str(snapshot / 'config.json')
@@ -212,6 +227,7 @@ def test_hf_hub_offline_cache(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'HF-HUB-OK' in result.stdout
     assert 'MISSING-REPO' in result.stdout  # offline and not cached: an error, not a download
+    assert 'OVERRIDE-REFUSED' in result.stdout and 'CONTRADICTION-REFUSED' in result.stdout
 
 
 class _FakeHfApi:

@@ -240,6 +240,18 @@ def _fmt_names(items: Sequence[str], what: str, sep: str = ', ') -> str:
     return f'{len(items)} {what}: {shown}{more}'
 
 
+def _non_finite(caffe_name: str, blobs: Sequence[Tuple[int, str, torch.Tensor]], invalid: List[str]) -> bool:
+    """ Record each blob (index, role, value as stored: float32) holding NaN/Inf in ``invalid``; whether any did.
+    A float64 blob beyond float32's range becomes Inf here, and would make every output of the net NaN/Inf. """
+    found = False
+    for i, role, t in blobs:
+        n_bad = int((~torch.isfinite(t)).sum())
+        if n_bad:
+            invalid.append(f'{caffe_name!r} blob {i} ({role}) has {n_bad} NaN/Inf values (as float32)')
+            found = True
+    return found
+
+
 def _fc_shapes(shape: Tuple[int, ...]) -> Tuple[Tuple[int, ...], ...]:
     """ Accepted Caffe shapes of an InnerProduct blob with PyTorch shape ``shape`` (legacy blobs are 4-D). """
     return (shape, (1,) * (4 - len(shape)) + shape)
@@ -268,8 +280,10 @@ def convert_caffe_blobs(
         The state_dict (float32 tensors, int64 ``num_batches_tracked``), with exactly the model's keys.
 
     Raises:
-        ValueError: Unknown, missing or misshapen blobs, a wrong blob count, or a non-positive/non-finite
-            ``inv_std``, all problems listed in one message (the first few names of each kind and how many).
+        ValueError: Unknown, missing or misshapen blobs, a wrong blob count, NaN/Inf values (as float32, the dtype
+            they are stored in), or an ``inv_std`` that is non-positive, non-finite or so far from 1 that
+            ``1/sqrt(running_var + eps)`` is not finite in float32, all problems listed in one message (the first
+            few names of each kind and how many).
     """
     name, cfg = _resolve_cfg(variant)
     pmap = caffe_param_map(cfg)
@@ -304,7 +318,10 @@ def convert_caffe_blobs(
             if shapes[0] != want:
                 misshapen.append(f'{caffe_name!r} blob 0 is {shapes[0]}, expected {want}')
                 continue
-            out[f'{module}.weight'] = ts[0].float().contiguous()
+            weight = ts[0].float().contiguous()
+            if _non_finite(caffe_name, [(0, 'weights', weight)], invalid):
+                continue
+            out[f'{module}.weight'] = weight
         elif kind == 'fc':
             w_want, b_want = tuple(expected[f'{module}.weight'].shape), tuple(expected[f'{module}.bias'].shape)
             bad = [
@@ -314,8 +331,10 @@ def convert_caffe_blobs(
             if bad:
                 misshapen.extend(bad)
                 continue
-            out[f'{module}.weight'] = ts[0].float().reshape(w_want).contiguous()
-            out[f'{module}.bias'] = ts[1].float().reshape(b_want).contiguous()
+            weight, bias = ts[0].float().reshape(w_want).contiguous(), ts[1].float().reshape(b_want).contiguous()
+            if _non_finite(caffe_name, [(0, 'weights', weight), (1, 'bias', bias)], invalid):
+                continue
+            out[f'{module}.weight'], out[f'{module}.bias'] = weight, bias
         else:
             c = expected[f'{module}.weight'].shape[0]
             bad = [
@@ -335,10 +354,26 @@ def convert_caffe_blobs(
                 )
                 continue
             eps = modules[module].eps
-            out[f'{module}.weight'] = scale.float().contiguous()
-            out[f'{module}.bias'] = shift.float().contiguous()
-            out[f'{module}.running_mean'] = mean.float().contiguous()
-            out[f'{module}.running_var'] = (inv_std.pow(-2) - eps).float()
+            scale, shift, mean = (t.float().contiguous() for t in (scale, shift, mean))
+            running_var = (inv_std.pow(-2) - eps).float()
+            if _non_finite(caffe_name, [(0, 'scale', scale), (1, 'shift', shift), (2, 'mean', mean)], invalid):
+                continue
+            # what BatchNorm2d computes in float32: 1/sqrt(running_var + eps) must be finite (an inv_std far from
+            # 1 can overflow running_var, or cancel to running_var + eps == 0 in float32)
+            denom = running_var + eps
+            n_bad = int((~torch.isfinite(running_var) | ~(denom > 0) | ~torch.isfinite(denom.clamp_min(0).rsqrt()))
+                        .sum())
+            if n_bad:
+                invalid.append(
+                    f'{caffe_name!r} blob 3 (inv_std) has {n_bad} values that give a non-finite 1/sqrt(running_var '
+                    f'+ eps) in float32 (inv_std out of range: min {float(inv_std.min()):.4g}, max '
+                    f'{float(inv_std.max()):.4g})'
+                )
+                continue
+            out[f'{module}.weight'] = scale
+            out[f'{module}.bias'] = shift
+            out[f'{module}.running_mean'] = mean
+            out[f'{module}.running_var'] = running_var
             out[f'{module}.num_batches_tracked'] = torch.zeros((), dtype=torch.long)
 
     problems = []

@@ -16,7 +16,9 @@ What the wrappers add to timm's functions:
 * ``model_args`` in ``config.json`` for every architecture field that differs from the registered variant's
   (e.g. ``attention_residual=False``, ``mask_type='local'``), so that reloading rebuilds the same network even when
   the model was not made by ``timm.create_model`` (which records its kwargs itself in timm >= 1.0.31), e.g. by
-  ``torch.hub.load``.
+  ``torch.hub.load``. ``config.json`` never contradicts the weights' header: arguments that describe another net
+  than the model (``model_args={'mask_act': 'channel'}`` for a ``'mixed'`` model) are refused, and the written
+  ``config.json`` is rebuilt (on the meta device) and compared with the model before anything is moved into place.
 * a model card saying that ``pip install timm-resattn`` and ``import timm_resattn`` are required, citing the
   paper, and marking any accuracy you pass as *reported* (not measured by this package).
 * safetensors weights only (timm's default for ``save_for_hf`` is a pickle ``pytorch_model.bin``).
@@ -32,9 +34,9 @@ import torch
 
 from huggingface_hub import HfApi
 
-from ..errors import ExportError
+from ..errors import ExportError, ResAttnError
 from ..models.resattnet import ResidualAttentionNet, model_cfgs
-from ..weights import atomic_write, save_state_dict
+from ..weights import ARCH_CFG_KEY, atomic_write, save_state_dict
 
 __all__ = ['architecture_args', 'model_card', 'save_pretrained', 'push_to_hub']
 
@@ -62,12 +64,17 @@ def _check_model(model: torch.nn.Module) -> str:
     return arch
 
 
-def _check_rebuildable(model: torch.nn.Module, arch: str, args: Dict[str, Any]) -> None:
-    """ Refuse a model whose tensors the architecture no longer has (BN folded by ``fuse_bn``, layers pruned by
-    ``prune_intermediate_layers``, modules swapped): its export would be a folder that fails to load. """
+def _check_rebuildable(model: torch.nn.Module, arch: str, args: Dict[str, Any], where: str = 'model_args') -> None:
+    """ Refuse reconstruction ``args`` that don't rebuild ``model``: a model whose tensors the architecture no longer
+    has (BN folded by ``fuse_bn``, layers pruned by ``prune_intermediate_layers``, modules swapped), whose export
+    would be a folder that fails to load, or ``args`` that describe a net computing something else than the weights
+    (a ``config.json`` contradicting the weights' header, so a load of the folder would be refused). """
     import timm
-    rebuilt = timm.create_model(
-        arch, device='meta', num_classes=model.num_classes, in_chans=model.in_chans, **args)
+    try:
+        rebuilt = timm.create_model(
+            arch, device='meta', **{'num_classes': model.num_classes, 'in_chans': model.in_chans, **args})
+    except (ResAttnError, TypeError, ValueError) as e:
+        raise ExportError(f"can't export this {arch}: its {where} {args!r:.300} don't build it: {e}") from None
     want = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if want != have:
@@ -77,6 +84,15 @@ def _check_rebuildable(model: torch.nn.Module, arch: str, args: Dict[str, Any]) 
             f"e.g. {', '.join(diff[:3])}), so the exported folder would not load. BN folding (fuse_bn) and "
             f"prune_intermediate_layers are for deployment: export the model before applying them."
         )
+    described = json.loads(rebuilt.weights_metadata()[ARCH_CFG_KEY])
+    computes = json.loads(model.weights_metadata()[ARCH_CFG_KEY])
+    differ = [f for f in computes if described.get(f) != computes[f]]
+    if differ:
+        raise ExportError(
+            f"can't export this {arch} with {where} {args!r:.300}: they describe "
+            f"{', '.join(f'{f}={described.get(f)!r}' for f in differ)}, and the model (whose weights and header are "
+            f"written) computes {', '.join(f'{f}={computes[f]!r}' for f in differ)}. config.json would contradict "
+            f"the weights: leave these fields out of model_args (they are taken from the model).")
 
 
 def _jsonable(value: Any) -> Any:
@@ -211,8 +227,9 @@ def save_pretrained(
     """ Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into ``directory``.
 
     Reload with ``timm.create_model('local-dir:' + directory, pretrained=True)`` (after ``import timm_resattn``),
-    or upload the folder to the Hub. ``model_args`` adds/overrides reconstruction arguments (the non-default
-    architecture fields are added automatically); ``model_config`` goes to timm's ``save_for_hf`` (e.g.
+    or upload the folder to the Hub. ``model_args`` adds reconstruction arguments (the non-default architecture
+    fields are added automatically from the model; ``model_args`` that contradict what the model computes are
+    refused, so ``config.json`` and the weights' header always describe the same net); ``model_config`` goes to timm's ``save_for_hf`` (e.g.
     ``label_names``); ``safe_serialization`` as in timm (``True``: safetensors only). The safetensors header
     records the architecture (``weights_metadata``), so a load into a net that computes something else is refused.
 
@@ -254,6 +271,8 @@ def _write_export(
     with tempfile.TemporaryDirectory(prefix=f'.{directory.name}.', dir=directory.parent) as tmp:
         tmp = Path(tmp)
         save_for_hf(model, tmp, model_config=model_config, model_args=args, safe_serialization=safe_serialization)
+        written = json.loads((tmp / 'config.json').read_text(encoding='utf-8'))  # what timm recorded, merged
+        _check_rebuildable(model, written['architecture'], written.get('model_args') or {}, where='config.json')
         weights = tmp / 'model.safetensors'
         if weights.exists():  # the same tensors, with the architecture metadata in the header
             save_state_dict(model.state_dict(), weights, metadata=model.weights_metadata())

@@ -29,7 +29,8 @@ import torch
 from ..errors import MissingFileError, WeightsError
 
 __all__ = [
-    'METADATA_KEY', 'read_weight_file', 'read_checkpoint', 'load_state_dict_file', 'save_state_dict', 'atomic_write',
+    'METADATA_KEY', 'read_weight_file', 'read_weight_metadata', 'read_checkpoint', 'load_state_dict_file',
+    'save_state_dict', 'atomic_write',
     'unwrap_state_dict',
 ]
 
@@ -180,14 +181,15 @@ def _unwrap(obj: Any, path: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
     return _strip_wrapper_prefixes(obj)
 
 
-def _metadata_of(obj: Any) -> Dict[str, str]:
-    meta = obj.get(METADATA_KEY) if isinstance(obj, Mapping) else None
-    if isinstance(meta, Mapping):
-        return {str(k): str(v) for k, v in meta.items()}
+def _metadata_of(obj: Any) -> Any:
+    """ The ``METADATA_KEY`` entry of a ``torch.save`` dict as it is (``checks.parse_metadata`` checks its types), or
+    an empty mapping. """
+    if isinstance(obj, Mapping) and METADATA_KEY in obj:
+        return obj[METADATA_KEY]
     return {}
 
 
-def read_weight_file(path: Union[str, Path], use_ema: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+def read_weight_file(path: Union[str, Path], use_ema: bool = True) -> Tuple[Dict[str, torch.Tensor], Any]:
     """ Read a state dict and its metadata from ``path`` without running code from it.
 
     Args:
@@ -196,7 +198,9 @@ def read_weight_file(path: Union[str, Path], use_ema: bool = True) -> Tuple[Dict
 
     Returns:
         ``(state_dict, metadata)``: parameter names (without ``module.`` / ``_orig_mod.`` prefixes) mapped to CPU
-        tensors, and the file's string metadata (empty for files not written by this package).
+        tensors, and the file's metadata (empty for files not written by this package): the safetensors header's
+        strings, or the ``METADATA_KEY`` entry of a ``torch.save`` dict as it is (``checks.parse_metadata`` checks
+        it).
 
     Raises:
         MissingFileError: No file at ``path`` (a ``FileNotFoundError``).
@@ -231,6 +235,20 @@ def read_weight_file(path: Union[str, Path], use_ema: bool = True) -> Tuple[Dict
         obj = _torch_load_safe(path)
         metadata = _metadata_of(obj)
     return _unwrap(obj, path, use_ema), metadata
+
+
+def read_weight_metadata(path: Union[str, Path]) -> Any:
+    """ Only the metadata of a weight file (as :func:`read_weight_file` returns it): from the header of a safetensors
+    file without reading its tensors, else from the whole ``torch.save`` file. """
+    path = Path(path)
+    if path.is_file() and (path.suffix == '.safetensors' or _looks_like_safetensors(path)):
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='pt', device='cpu') as f:
+                return dict(f.metadata() or {})
+        except Exception:  # noqa: S110 (corrupt: the full read below raises the usual message)
+            pass
+    return read_weight_file(path)[1]
 
 
 def read_checkpoint(path: Union[str, Path]) -> Any:

@@ -8,7 +8,12 @@ Routes and how they arrive here:
 * a weight URL (``resattnet56_pcv.pq_in1k``): timm downloads it into its cache, then the same;
 * every command's ``--checkpoint`` and :func:`load_weights`: :func:`load_checked` with ``adapt=False``;
 * ``hf-hub:`` / ``local-dir:`` (and a ``state_dict`` in the pretrained cfg): timm reads the files (safetensors, or
-  ``torch.load(weights_only=True)``), then the model's pretrained filter runs :func:`check_state_dict` on them.
+  ``torch.load(weights_only=True)``), then the model's pretrained filter (:func:`checked_pretrained_filter`) reads
+  the metadata of the file timm read and what the folder's ``config.json`` describes (its architecture and
+  ``model_args``), and runs the same :func:`check_weights`.
+
+Every route ends in :func:`check_weights` (``checks``): metadata parsed with a schema and compared with the model,
+keys/shapes/dtypes, and the values as the model will hold them. A new route calls it, and so can't skip a check.
 
 The one route that can't be routed is ``timm.create_model(..., checkpoint_path=F)`` (and validate.py's
 ``--checkpoint``): timm loads it with its own ``load_checkpoint`` (``weights_only=True``, strict), so a mismatch
@@ -21,9 +26,9 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..errors import WeightsError
-from .checks import _as_tuple, _is_classifier_key, check_metadata, check_state_dict
-from .files import read_weight_file
+from ..errors import ResAttnError, WeightsError
+from .checks import _as_tuple, _is_classifier_key, check_weights
+from .files import read_weight_file, read_weight_metadata
 
 __all__ = [
     'load_checked', 'load_weights', 'has_weights', 'no_weights_error', 'checked_pretrained_filter',
@@ -68,11 +73,11 @@ def load_checked(
             a first conv with other input channels is adapted. Otherwise the weights must fit exactly.
         use_ema: For training checkpoints, prefer the EMA weights (as timm does).
         strict: Check keys, shapes, dtypes and values and refuse any mismatch; ``False`` loads only the tensors
-            whose name and shape the model has (the rest keep their init), after the metadata check.
+            whose name and shape the model has (the rest keep their init), after the metadata and value checks of
+            those tensors.
 
     Raises:
-        MissingFileError, WeightsError: With a message naming the file and what is wrong (see ``check_state_dict``,
-            ``check_metadata``).
+        MissingFileError, WeightsError: With a message naming the file and what is wrong (see ``check_weights``).
     """
     if isinstance(source, Mapping):
         state_dict, metadata, what = dict(source), {}, 'the given state dict'
@@ -97,9 +102,8 @@ def load_checked(
         pretrained_classes = cfg.get('num_classes')
         drop_classifier = pretrained_classes is not None and getattr(model, 'num_classes', None) != pretrained_classes
         _adapt_in_chans(state_dict, model, _as_tuple(cfg.get('first_conv')))
-    if strict:  # keys and shapes first (the clearer message when they differ), then what the file was written for
-        check_state_dict(state_dict, model, source=what, drop_classifier=drop_classifier, adapt_in_chans=False)
-    check_metadata(metadata, model, what)
+    check_weights(
+        state_dict, model, what, metadata, strict=strict, drop_classifier=drop_classifier, adapt_in_chans=False)
     if not strict:  # what fits: the tensors whose name and shape the model has; the rest keep their init
         own = model.state_dict()
         model.load_state_dict(
@@ -153,18 +157,80 @@ def no_weights_error(variant: str, tag: Optional[str], hint: str = '') -> Weight
     )
 
 
+# the weight files timm's ``load_state_dict_from_path`` looks for in a ``local-dir:`` folder, in its order of
+# preference, then the first file (sorted by name) of each extension (timm exports no public names for them)
+_HUB_PREFERRED_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
+_HUB_EXTENSIONS = ('.safetensors', '.pth', '.pth.tar', '.bin')
+
+
+def _hub_weights_file(cfg: Mapping[str, Any]) -> Optional[Path]:
+    """ The file timm's ``load_pretrained`` read for a ``local-dir:`` / ``hf-hub:`` source, found the way it finds
+    it (timm's preferred file names, then the first file of each extension; on the Hub the file in the local cache,
+    safetensors first). None when it can't be located (e.g. a Hub download into another ``cache_dir``). """
+    if cfg.get('source') == 'local-dir':
+        folder = Path(cfg.get('file') or '')
+        for name in _HUB_PREFERRED_FILES:
+            if (folder / name).exists():
+                return folder / name
+        for ext in _HUB_EXTENSIONS:
+            found = sorted(folder.glob(f'*{ext}'))
+            if found:
+                return found[0]
+        return None
+    if cfg.get('source') == 'hf-hub' and cfg.get('hf_hub_id'):
+        from huggingface_hub import try_to_load_from_cache
+        repo_id, _, revision = str(cfg['hf_hub_id']).partition('@')
+        filename = cfg.get('hf_hub_filename') or 'pytorch_model.bin'
+        names = [filename]  # the safetensors alternative first, as timm's load_state_dict_from_hf
+        if filename == 'pytorch_model.bin':
+            names.insert(0, 'model.safetensors')
+        elif filename.endswith('.bin'):
+            names.insert(0, filename[:-4] + '.safetensors')
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found)
+    return None
+
+
+def _config_metadata(model: nn.Module, where: str) -> Any:
+    """ The metadata of the net that a Hub folder's ``config.json`` (``where``) describes: its ``architecture``
+    built with its ``model_args`` (as timm parsed them) on the meta device; None when the model records none. """
+    arch = model.pretrained_cfg.get('architecture')
+    if not arch or not callable(getattr(model, 'weights_metadata', None)):
+        return None
+    import timm
+    args = getattr(model, 'pretrained_model_args', None) or {}
+    try:
+        described = timm.create_model(arch, device='meta', **args)
+    except (ResAttnError, TypeError, ValueError, RuntimeError) as e:
+        raise WeightsError(
+            f"{where} describes a net that can't be built ({arch} with model_args {args!r:.300}): {e}") from None
+    return described.weights_metadata()
+
+
 def checked_pretrained_filter(filter_fn: FilterFn) -> FilterFn:
     """ The pretrained filter for the weights timm reads itself (``hf-hub:``, ``local-dir:``, a state dict in the
-    cfg): ``filter_fn`` (the model's ``checkpoint_filter_fn``), then the same checks as every other route
-    (:func:`check_state_dict`), naming where the weights came from.
+    cfg): ``filter_fn`` (the model's ``checkpoint_filter_fn``), then :func:`check_weights`, like every other route,
+    naming where the weights came from. For ``hf-hub:`` / ``local-dir:`` it also reads the metadata of the weight
+    file timm read and builds (on the meta device) the net that ``config.json`` describes (``architecture`` and
+    ``model_args``): the file, the folder's config and the model must agree on what the weights compute.
     """
     def pretrained_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
-        state_dict = filter_fn(state_dict, model)
         cfg = model.pretrained_cfg
         source = f"Hugging Face Hub weights '{cfg.get('hf_hub_id')}'" if cfg.get('hf_hub_id') else (
             f"weights in '{cfg.get('source')}:{cfg.get('file') or ''}'" if cfg.get('source') else
             'the state_dict given in the pretrained cfg')
-        check_state_dict(state_dict, model, source=source)
+        metadata, declared = None, []
+        if cfg.get('source') in ('hf-hub', 'local-dir'):
+            path = _hub_weights_file(cfg)
+            if path is not None:
+                metadata = read_weight_metadata(path)
+            where = f"config.json of '{cfg['hf_hub_id']}'" if cfg.get('source') == 'hf-hub' else \
+                f"'{Path(cfg.get('file') or '') / 'config.json'}'"
+            declared.append((_config_metadata(model, where), where))
+        state_dict = filter_fn(state_dict, model)
+        check_weights(state_dict, model, source, metadata, declared=declared)
         return state_dict
     return pretrained_filter_fn
 
