@@ -68,16 +68,17 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
     return kwargs
 
 
-def _number(cast, minimum, maximum=None, what='a number', minimum_open=False):
-    """ An argparse type: ``cast(text)`` within ``[minimum, maximum]`` (``(minimum, ...`` with ``minimum_open``),
-    finite, else a message saying what was expected. """
+def _number(cast, minimum, maximum=None, what='a number', minimum_open=False, maximum_open=False):
+    """ An argparse type: ``cast(text)`` within ``[minimum, maximum]`` (open at an end with ``minimum_open`` /
+    ``maximum_open``), finite, else a message saying what was expected. """
     def parse(text: str):
         try:
             value = cast(text)
         except (ValueError, OverflowError):
             value = None
         bad = value is None or (isinstance(value, float) and not math.isfinite(value)) or value < minimum or \
-            (minimum_open and value == minimum) or (maximum is not None and value > maximum)
+            (minimum_open and value == minimum) or (maximum is not None and value > maximum) or \
+            (maximum_open and value == maximum)
         if bad:
             raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
         return value
