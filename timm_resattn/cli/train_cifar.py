@@ -19,7 +19,17 @@ batch 64, lr 0.1 divided by 10 at 64k and 96k of 160k iterations; pad-4 random c
 
 Outputs in ``--out`` (created only once data and model are ready): ``last.pth.tar`` and ``model_best.pth.tar``
 (timm's checkpoint layout: they load with ``timm.create_model(arch, num_classes=K, checkpoint_path=...)`` and
-``validate.py --checkpoint``), ``model_best.safetensors`` and ``summary.json`` at the end.
+``validate.py --checkpoint``), ``model_best.safetensors`` and ``summary.json`` at the end. A folder holding any of
+them (an earlier run) is refused unless ``--resume`` names a checkpoint in it (the run continues that run) or
+``--overwrite-run`` is given (the earlier run's four files are deleted when training starts; other files stay). A
+run holds a lock on its folder: a second run into it is refused while the first is alive. The folder (or the
+nearest existing folder above it) must be writable; that is checked before anything is read.
+
+On CUDA: ``--device cuda:N`` is checked against the device count when the flags are parsed; the host waits for
+the GPU only at log and eval points (a non-finite loss is therefore noticed there, naming the iteration where it
+first appeared; fp16's GradScaler still syncs every step, bf16 does not need one); ``--amp bf16`` runs bfloat16
+autocast where ``torch.cuda.is_bf16_supported()``. What is and is not bit-reproducible on a GPU: see
+``timm_resattn.train.loop``.
 
 Every user mistake (a bad flag value, a missing or corrupt data file, an unusable ``--resume`` file, no network
 for ``--download``, a diverging run) is a ``timm_resattn.errors.ResAttnError``: one line ``error: ...``, exit 2.

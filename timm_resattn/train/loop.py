@@ -18,13 +18,27 @@ came from).
 
 Everything random is a pure function of the seed and the iteration: the epoch's shuffle of epoch e, the crops and
 flips of iteration i, the global RNG during iteration i. A resumed run therefore continues exactly where a run
-stopped, whatever the number of data-loading workers, and two runs with the same seed on the same device match.
+stopped, whatever the number of data-loading workers, and on the CPU two runs with the same seed (and the same
+number of threads) match bit for bit.
+
+On a GPU, what stays identical for a seed is everything drawn from it: the data order, the crops and flips (made on
+the CPU by the data loader), the label noise, the initial weights (drawn on the CPU, then moved) and the seed of
+each iteration's dropout / drop-path. The arithmetic is not bit-reproducible on CUDA: cuDNN's convolution
+algorithms, the backward pass of the bilinear upsampling in every mask branch and of the cross-entropy sum in an
+order that varies between runs, so two runs (or a run and its resumed copy) differ in the last bits after the first
+step and drift apart into statistically equivalent, not identical, results. ``torch.use_deterministic_algorithms``
+can't change that here: PyTorch has no deterministic CUDA backward for bilinear ``interpolate`` or ``NLLLoss``
+and raises instead. AMP (``--amp``) adds the rounding of float16/bfloat16 on top.
+
+The host waits for the device only at log and eval points (``train_loop``): losses are summed on the device, the
+first non-finite one is recorded there and reported at the next of those points.
 
 Checkpoints use timm's ``CheckpointSaver`` layout (``state_dict``, ``arch``, ``epoch``, ``optimizer``, ``version``,
 ``args``, ``metric``; plus ``iteration``, ``normalization``, ``amp_scaler``), built in one place
 (``build_checkpoint``) and written atomically (``save_checkpoint_file``); the final weights go to a safetensors file
-in one place too (``write_final_safetensors``). A non-finite loss stops training (``TrainingDiverged``, naming the
-iteration) and a non-finite state is never written.
+in one place too (``write_final_safetensors``). A non-finite loss stops training at the next log or eval point
+(``TrainingDiverged``, naming the iteration where it first appeared) and a non-finite state is never written.
+Resuming checks the checkpoint's fields (``RESUME_FIELDS``, ``NORMALIZATION_FIELDS``) before using them.
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
