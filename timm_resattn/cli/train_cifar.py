@@ -52,11 +52,11 @@ from ..train.loop import (
     Schedule, build_checkpoint, data_normalization, evaluate, load_resume_checkpoint, save_checkpoint_file,
     train_loop, write_final_safetensors,
 )
-from .common import (
-    MAX_SEED, PathUse, _number, check_model_input, check_paths, declare_paths, device_argument, parse_model_kwargs,
-    positive_float, seed_int, unit_interval, workers_int,
-)
 from ..weights import atomic_write
+from .common import (
+    MAX_SEED, PathUse, _number, check_model_input, check_paths, declare_paths, device_argument, max_workers,
+    parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
+)
 
 __all__ = ['configure', 'run', 'train_from_args', 'parse_milestones']
 
@@ -77,11 +77,6 @@ _batch_size = _number(int, 1, MAX_BATCH, what=f'a batch size in [1, {MAX_BATCH}]
 _momentum = _number(float, 0.0, 1.0, what='a momentum in [0, 1)', maximum_open=True)
 _weight_decay = _number(float, 0.0, 1.0, what='a weight decay in [0, 1]')
 _drop_path = _number(float, 0.0, 1.0, what='a rate in [0, 1)', maximum_open=True)
-
-
-def _cpus() -> int:
-    from .common import max_workers
-    return max_workers()
 
 
 def out_dir_of(args: argparse.Namespace) -> str:
@@ -136,8 +131,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=_batch_size, default=64,
                    help=f'images per iteration, in [1, {MAX_BATCH}] and at most the training set (default 64)')
     p.add_argument('--lr', type=positive_float, default=0.1, help='base learning rate, a finite number > 0')
-    p.add_argument('--momentum', type=_momentum,
-                   default=0.9, help='SGD momentum in [0, 1) (default 0.9)')
+    p.add_argument('--momentum', type=_momentum, default=0.9, help='SGD momentum in [0, 1) (default 0.9)')
     p.add_argument('--weight-decay', type=_weight_decay, default=1e-4,
                    help='L2 weight decay in [0, 1] (default 1e-4)')
     p.add_argument('--no-nesterov', dest='nesterov', action='store_false', help='plain momentum instead of Nesterov')
@@ -152,7 +146,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='mixed precision: bf16 (CPU, and CUDA where torch.cuda.is_bf16_supported()), fp16 (CUDA, with '
                         'a GradScaler); --amp alone: fp16 on CUDA, bf16 on CPU')
     device_argument(p, default='cuda' if torch.cuda.is_available() else 'cpu', help='the device to train on')
-    p.add_argument('--workers', type=workers_int, default=min(2, _cpus()),
+    p.add_argument('--workers', type=workers_int, default=min(2, max_workers()),
                    help='DataLoader processes preparing augmented batches, 0 .. the CPUs this process may use '
                         '(default: 2 or fewer)')
     p.add_argument('--out', default=None,
