@@ -76,3 +76,26 @@ def test_module_entrypoint_runs():
         capture_output=True, text=True, check=True,
     ).stdout
     assert 'resattnet56_cifar' in out and '1,068,186' in out
+
+
+@pytest.mark.parametrize('argv, inputs, outputs', [
+    (['classify', 'a.png', '--checkpoint', 'w.pth'], {'a.png', 'w.pth'}, set()),
+    (['visualize', 'a.png', 'b.png', '--model', 'm', '--checkpoint', 'w.pth', '--out', 'o.png', '--responses', 'r.png'],
+     {'a.png', 'b.png', 'w.pth'}, {'o.png', 'r.png'}),
+    (['export', 'onnx', 'o.onnx', '--model', 'm', '--checkpoint', 'w.pth'], {'w.pth'}, {'o.onnx'}),
+    (['convert', 'caffe', 'in.caffemodel', 'o.safetensors', '--model', 'm'], {'in.caffemodel'}, {'o.safetensors'}),
+    (['run', 'script.py', '--out', 'x'], {'script.py'}, set()),  # the script's own flags are its business
+    (['train-cifar', '--data-dir', 'd', '--out', 'r', '--resume', 'l.pth.tar', '--dataset', 'cifar100'],
+     {'d/cifar-100-python/train', 'd/cifar-100-python/test', 'd/cifar-100-python/meta', 'l.pth.tar'},
+     {'r/last.pth.tar', 'r/model_best.pth.tar', 'r/model_best.safetensors', 'r/summary.json'}),
+])
+def test_every_command_declares_the_files_it_reads_and_writes(argv, inputs, outputs):
+    """ The guard sees every path-valued argument, declared where the argument is (issue 17). """
+    import os
+
+    from timm_resattn.cli import build_parser
+    args = build_parser().parse_args(argv)
+    declared_in = {os.path.normpath(u.path) for fn in args._path_inputs for u in fn(args)}
+    declared_out = {os.path.normpath(u.path) for fn in args._path_outputs for u in fn(args)}
+    assert declared_in == {os.path.normpath(p) for p in inputs}
+    assert declared_out == {os.path.normpath(p) for p in outputs}

@@ -485,7 +485,9 @@ def test_command_line_error_subprocess(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, '-m', 'timm_resattn.train_cifar', '--data-dir', data_dir, '--out', str(tmp_path / 'r'),
          '--iters', '0'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr == 'error: --iters must be a positive integer, got 0\n'
+    assert result.returncode == 2 and result.stderr == (
+        "error: argument --iters: expected an iteration count in [1, 1000000000], got '0' (see python -m "
+        "timm_resattn.train_cifar --help)\n")
     assert not (tmp_path / 'r').exists()
 
 
@@ -504,3 +506,234 @@ def test_configure_and_run_under_a_dispatcher(data_dir, tmp_path, capsys):
     ckpt = torch.load(tmp_path / 'last.pth.tar', map_location='cpu', weights_only=True)
     assert ckpt['iteration'] == 1 and 'func' not in ckpt['args'] and ckpt['args']['command'] == 'train-cifar'
     assert 'done: top-1' in capsys.readouterr().out
+
+
+# --- issue 17: a run never overwrites an earlier run, an input, or runs on what the machine lacks ----------------
+
+def _quiet_run(data_dir, out, *extra):
+    import io
+    from contextlib import redirect_stdout
+    with redirect_stdout(io.StringIO()):
+        return _run(data_dir, out, '--iters', '2', '--eval-every', '2', *extra)
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture()
+def earlier_run(data_dir, tmp_path):
+    out = tmp_path / 'run'
+    _quiet_run(data_dir, out)
+    return out
+
+
+@pytest.mark.parametrize('keep', ['summary.json', 'model_best.safetensors'])
+def test_an_earlier_run_is_never_overwritten(data_dir, earlier_run, capsys, keep):
+    """ Any file of an earlier run in --out (here only one of them is left) refuses a new run into it. """
+    for p in earlier_run.iterdir():
+        if p.name != keep:
+            p.unlink()
+    before = _snapshot(earlier_run)
+    err = _error_of(['--data-dir', data_dir, '--out', str(earlier_run), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '2'], capsys)
+    assert 'earlier run' in err and '--overwrite-run' in err and '--resume' in err
+    assert _snapshot(earlier_run) == before
+
+
+def test_resume_from_another_run_into_an_earlier_run_is_refused(data_dir, earlier_run, tmp_path, capsys):
+    other = tmp_path / 'other'
+    _quiet_run(data_dir, other, '--seed', '1')
+    before = _snapshot(earlier_run)
+    err = _error_of(['--data-dir', data_dir, '--out', str(earlier_run), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '4', '--resume', str(other / 'last.pth.tar')], capsys)
+    assert 'earlier run' in err
+    assert _snapshot(earlier_run) == before
+
+
+def test_resume_continues_its_own_folder_and_overwrite_run_replaces(data_dir, earlier_run, capsys):
+    summary = _quiet_run(data_dir, earlier_run, '--iters', '4', '--resume', str(earlier_run / 'last.pth.tar'))
+    assert summary['iterations'] == 4
+    ckpt = torch.load(earlier_run / 'last.pth.tar', map_location='cpu', weights_only=True)
+    assert ckpt['iteration'] == 4
+    (earlier_run / 'notes.txt').write_text('mine')
+    _quiet_run(data_dir, earlier_run, '--overwrite-run', '--seed', '3')
+    ckpt = torch.load(earlier_run / 'last.pth.tar', map_location='cpu', weights_only=True)
+    assert ckpt['iteration'] == 2 and ckpt['args']['seed'] == 3
+    assert (earlier_run / 'notes.txt').read_text() == 'mine'
+
+
+def test_overwrite_run_never_replaces_the_resume_input(data_dir, earlier_run, tmp_path, capsys):
+    """ --out's last.pth.tar hard-linked to the --resume file of another folder: replacing it would destroy the
+    input, whatever --overwrite-run says. """
+    elsewhere = tmp_path / 'elsewhere.pth.tar'
+    os.link(earlier_run / 'last.pth.tar', elsewhere)
+    before = elsewhere.read_bytes()
+    err = _error_of(['--data-dir', data_dir, '--out', str(earlier_run), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '4', '--resume', str(elsewhere), '--overwrite-run'], capsys)
+    assert '--resume' in err and 'refusing to overwrite' in err
+    assert elsewhere.read_bytes() == before
+
+
+def test_two_runs_never_share_a_folder(data_dir, tmp_path, capsys):
+    fcntl = pytest.importorskip('fcntl')
+    out = tmp_path / 'run'
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # what a live run into this folder holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        err = _error_of(['--data-dir', data_dir, '--out', str(out), '--batch-size', '16', '--workers', '0', *NARROW,
+                         '--iters', '2'], capsys)
+    finally:
+        os.close(fd)
+    assert 'another train-cifar run' in err and list(out.iterdir()) == []
+
+
+def test_unwritable_out_is_refused_before_training(data_dir, capsys, monkeypatch):
+    import tempfile
+    try:  # /sys refuses new files even to root; skip where it does not
+        fd, probe = tempfile.mkstemp(dir='/sys')
+        os.close(fd)
+        os.unlink(probe)
+        pytest.skip('/sys is writable here')
+    except OSError:
+        pass
+    monkeypatch.setattr(train_cifar, 'load_cifar', None)  # reading data would be a TypeError: a traceback
+    err = _error_of(['--data-dir', data_dir, '--out', '/sys/runs/a', '--workers', '0', *NARROW, '--iters', '2'],
+                    capsys)
+    assert "can't write into the folder '/sys'" in err
+
+
+@pytest.mark.parametrize('flags, expect', [
+    (['--seed', str(2 ** 32)], '--seed'),
+    (['--seed', '-5'], '--seed'),
+    (['--momentum', '1.5'], '--momentum'),
+    (['--lr', '0'], '--lr'),
+    (['--weight-decay', '3'], '--weight-decay'),
+    (['--eval-every', str(10 ** 12)], '--eval-every'),
+    (['--workers', str(10 ** 6)], '--workers'),
+    (['--device', 'meta'], '--device'),
+    (['--amp', 'fp16'], '--amp fp16 needs a CUDA device'),
+    (['--model-kwargs', 'in_chans=2'], '2-channel'),
+    (['--model-kwargs', 'mask_levels=(4, 4, 4)'], 'at least 61x61'),
+])
+def test_flag_ranges_and_model_checked_before_data(data_dir, tmp_path, capsys, monkeypatch, flags, expect):
+    from timm_resattn.cli import train_cifar as command
+    monkeypatch.setattr(command, 'load_cifar', None)  # any read of the data would be a traceback
+    out = tmp_path / 'run'
+    err = _error_of(['--data-dir', data_dir, '--out', str(out), '--workers', '0', '--device', 'cpu', *NARROW,
+                     '--iters', '2', *flags], capsys)
+    assert expect in err
+    assert not out.exists()
+
+
+def test_cuda_device_beyond_the_count_before_any_data(data_dir, tmp_path, capsys, monkeypatch):
+    from timm_resattn.cli import train_cifar as command
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(command, 'load_cifar', None)
+    err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--workers', '0', *NARROW,
+                     '--device', 'cuda:2'], capsys)
+    assert '--device' in err and 'cuda:0..cuda:1' in err
+
+
+def test_amp_precision_per_device(monkeypatch):
+    from timm_resattn.cli import train_cifar as command
+    from timm_resattn.errors import CommandError
+    cpu, cuda = torch.device('cpu'), torch.device('cuda', 1)
+    assert command.amp_dtype(None, cuda) is None
+    assert command.amp_dtype('auto', cpu) is torch.bfloat16 and command.amp_dtype('bf16', cpu) is torch.bfloat16
+    assert command.amp_dtype('auto', cuda) is torch.float16 and command.amp_dtype('fp16', cuda) is torch.float16
+    monkeypatch.setattr(command, 'cuda_supports_bf16', lambda device: device.index == 1)
+    assert command.amp_dtype('bf16', cuda) is torch.bfloat16
+    with pytest.raises(CommandError, match='does not support bfloat16'):
+        command.amp_dtype('bf16', torch.device('cuda', 0))
+    with pytest.raises(CommandError, match='needs a CUDA device'):
+        command.amp_dtype('fp16', cpu)
+
+
+def test_empty_test_set_is_refused(tmp_path, capsys):
+    data = write_cifar10(tmp_path / 'data', n_test=0)
+    out = tmp_path / 'run'
+    err = _error_of(['--data-dir', str(data), '--out', str(out), '--batch-size', '16', '--workers', '0', *NARROW,
+                     '--iters', '2'], capsys)
+    assert 'test set holds no images' in err and not out.exists()
+
+
+@pytest.mark.parametrize('field, value, expect', [
+    ('iteration', True, 'iteration=True'),
+    ('iteration', 2.5, 'iteration=2.5'),
+    ('best_metric', float('nan'), 'best_metric=nan'),
+    ('best_iteration', 'x', "best_iteration='x'"),
+    ('normalization', 'imagenet', 'expected a mapping'),
+    ('normalization', {'mean': (0.5, 0.5, 0.5), 'std': (0.2, 0.0, 0.2)}, 'std=(0.2, 0.0, 0.2)'),
+    ('normalization', {'mean': (0.5, 0.5), 'std': (0.2, 0.2, 0.2)}, 'mean=(0.5, 0.5)'),
+    ('amp_scaler', 'abc', 'amp_scaler'),
+])
+def test_resume_fields_are_checked(trained, data_dir, tmp_path, capsys, monkeypatch, field, value, expect):
+    out, _, _ = trained
+    ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=True)
+    ckpt[field] = value
+    path = tmp_path / 'bad.pth.tar'
+    torch.save(ckpt, path)
+    if field == 'amp_scaler':  # only read with fp16 on CUDA: pretend
+        from timm_resattn.cli import train_cifar as command
+        monkeypatch.setattr(command, 'amp_dtype', lambda choice, device: torch.float16)
+        monkeypatch.setattr(torch.amp, 'GradScaler', lambda *a, **k: torch.amp.grad_scaler.GradScaler('cpu'))
+    err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '40', '--resume', str(path)], capsys)
+    assert str(path) in err and expect in err, err
+    assert not (tmp_path / 'run').exists()
+
+
+# --- the loop: the host waits for the device only at log and eval points; nothing left running -------------------
+
+def test_training_loop_syncs_only_at_log_and_eval_points(monkeypatch):
+    from timm_resattn.train.loop import Schedule, train_loop
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(12)]
+    syncs = []
+    for name in ('item', '__float__', '__int__', '__bool__', 'tolist'):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name: syncs.append(_n) or _o(self, *a))
+    evals = []
+    train_loop(model, optimizer, None, batches, Schedule(12, [], 0.1, eval_every=6, log_every=4, seed=0), 0,
+               torch.device('cpu'), None, lambda done: evals.append(done) or (50.0, 1.0), lambda *a: None)
+    assert evals == [6, 12]
+    assert len(syncs) <= 2 * 4, syncs  # the points: iterations 4, 6, 8, 12 (not 12 iterations' worth)
+
+
+def test_divergence_is_named_at_the_next_check_point(data_dir, tmp_path, capsys):
+    """ The loss becomes non-finite at iteration 2; the run stops at the log point of iteration 3, naming 2. """
+    err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '6', '--lr', '1e30', '--log-every', '3'], capsys)
+    assert 'diverged at iteration 2: the loss is nan' in err
+
+
+@pytest.mark.parametrize('failure', ['diverged', 'interrupted'])
+def test_no_worker_process_left_behind(data_dir, tmp_path, capsys, monkeypatch, failure):
+    import multiprocessing
+
+    from timm_resattn.cli import main as cli_main
+    from timm_resattn.train import loop
+    before = set(multiprocessing.active_children())
+    argv = ['train-cifar', '--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16',
+            '--workers', '2', *NARROW, '--iters', '8', '--log-every', '4']
+    if failure == 'diverged':
+        argv += ['--lr', '1e30']
+    else:
+        step, calls = loop.train_step, []
+
+        def interrupted(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return step(*args)
+        monkeypatch.setattr(loop, 'train_step', interrupted)
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    assert code == (2 if failure == 'diverged' else 130), err
+    assert err.startswith('error: ') and 'Traceback' not in err
+    assert set(multiprocessing.active_children()) - before == set()

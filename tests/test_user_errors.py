@@ -343,3 +343,166 @@ def test_hub_export_keeps_output_stride(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+
+
+# --- every command's outputs against all of its inputs (issue 17) ----------------------------------------------
+
+@pytest.fixture()
+def cifar_checkpoint(cifar_weights, tmp_path):
+    path = tmp_path / 'w.safetensors'
+    save_file(cifar_weights, str(path))
+    return path
+
+
+def test_visualize_out_symlinked_to_the_checkpoint(image, cifar_checkpoint, tmp_path, capsys):
+    link = tmp_path / 'fig.png'
+    link.symlink_to(cifar_checkpoint)
+    before = cifar_checkpoint.read_bytes()
+    _fails(['visualize', image, '--model', CIFAR, '--checkpoint', cifar_checkpoint, '--out', link], capsys,
+           '--out', '--checkpoint', 'refusing to overwrite')
+    assert cifar_checkpoint.read_bytes() == before and link.is_symlink()
+
+
+def test_visualize_responses_hard_linked_to_the_checkpoint(image, cifar_checkpoint, tmp_path, capsys):
+    link = tmp_path / 'chart.png'
+    os.link(cifar_checkpoint, link)
+    before = cifar_checkpoint.read_bytes()
+    _fails(['visualize', image, '--model', CIFAR, '--checkpoint', cifar_checkpoint, '--out', tmp_path / 'fig.png',
+            '--responses', link], capsys, '--responses', '--checkpoint')
+    assert cifar_checkpoint.read_bytes() == before and not (tmp_path / 'fig.png').exists()
+
+
+def test_export_force_never_replaces_the_checkpoint(cifar_checkpoint, tmp_path, capsys, monkeypatch):
+    """ ``./w.safetensors`` and ``w.safetensors`` name one file: --force replaces earlier outputs, not inputs. """
+    monkeypatch.chdir(tmp_path)
+    before = cifar_checkpoint.read_bytes()
+    _fails(['export', 'onnx', './' + cifar_checkpoint.name, '--model', CIFAR, '--checkpoint', cifar_checkpoint.name,
+            '--force'], capsys, 'OUT.onnx', '--checkpoint')
+    assert cifar_checkpoint.read_bytes() == before
+
+
+def test_convert_force_never_replaces_a_hard_linked_input(tmp_path, capsys):
+    src = tmp_path / 'in.caffemodel'
+    src.write_bytes(b'\x00' * 16)
+    os.link(src, tmp_path / 'out.safetensors')
+    _fails(['convert', 'caffe', src, tmp_path / 'out.safetensors', '--model', 'resattnet56', '--force'], capsys,
+           'OUT.safetensors', 'IN.caffemodel')
+    assert src.read_bytes() == b'\x00' * 16
+
+
+@pytest.mark.parametrize('command', ['visualize', 'export'])
+def test_unwritable_output_folder_is_refused_before_any_work(image, tmp_path, capsys, monkeypatch, command):
+    import tempfile
+    try:  # /sys refuses new files even to root; skip where it does not
+        fd, probe = tempfile.mkstemp(dir='/sys')
+        os.close(fd)
+        os.unlink(probe)
+        pytest.skip('/sys is writable here')
+    except OSError:
+        pass
+    import timm_resattn.cli.common as common
+
+    def no_model(*args, **kwargs):
+        raise AssertionError('the model was built before the output folder was checked')
+    monkeypatch.setattr(common, 'create_model', no_model)
+    if command == 'visualize':
+        argv = ['visualize', image, '--model', CIFAR, '--out', '/sys/masks.png']
+    else:
+        argv = ['export', 'onnx', '/sys/net.onnx', '--model', CIFAR]
+    _fails(argv, capsys, "can't write into the folder '/sys'")
+
+
+# --- the device: one check, against what the machine has -------------------------------------------------------
+
+def test_parse_device_against_the_device_count():
+    from timm_resattn.cli.common import parse_device
+    from timm_resattn.errors import CommandError
+    assert parse_device('cpu') == torch.device('cpu')
+    assert parse_device('cuda:1', device_count=2) == torch.device('cuda', 1)
+    assert parse_device('cuda', device_count=1) == torch.device('cuda')
+    for text, count, needle in (('cuda:2', 2, 'cuda:0..cuda:1'), ('cuda', 0, 'not available'),
+                                ('cuda:0', 0, 'not available'), ('meta', 1, "'meta' device"),
+                                ('xla', 1, "'xla' device"), ('gpu', 1, 'not a device'), ('cuda:-1', 4, 'device')):
+        with pytest.raises(CommandError, match=needle):
+            parse_device(text, device_count=count)
+
+
+@pytest.mark.parametrize('device, needle', [('cuda:7', 'cuda'), ('xpu', 'xpu'), ('meta', 'meta')])
+def test_visualize_device_checked_before_anything_is_read(image, tmp_path, capsys, monkeypatch, device, needle):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    _fails(['visualize', tmp_path / 'absent.png', '--model', CIFAR, '--out', tmp_path / 'o.png', '--device', device],
+           capsys, '--device', needle)
+    assert not (tmp_path / 'o.png').exists()
+
+
+# --- numeric flags: a range a real run can use ----------------------------------------------------------------
+
+@pytest.mark.parametrize('argv, flag', [
+    (['visualize', '{image}', '--model', CIFAR, '--out', '{out}', '--img-size', '100000'], '--img-size'),
+    (['visualize', '{image}', '--model', CIFAR, '--out', '{out}', '--alpha', 'nan'], '--alpha'),
+    (['export', 'onnx', '{out}', '--model', CIFAR, '--max-size', '65536'], '--max-size'),
+    (['export', 'onnx', '{out}', '--model', CIFAR, '--opset', '99'], '--opset'),
+    (['classify', '{image}', '--model', CIFAR, '--topk', str(2 ** 64)], None),
+])
+def test_numeric_flags_have_ranges(image, tmp_path, capsys, argv, flag):
+    argv = [a.format(image=image, out=tmp_path / 'o.onnx') for a in argv]
+    if flag is None:  # a huge --topk is fine: it prints every class
+        assert cli_main(argv) == 0
+        return
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith('error: ') and flag in err and 'Traceback' not in err, err
+    assert not (tmp_path / 'o.onnx').exists()
+
+
+# --- the model a command built against its own input ----------------------------------------------------------
+
+@pytest.mark.parametrize('command, kwargs, needle', [
+    ('classify', ['in_chans=4'], '4-channel'),
+    ('visualize', ['in_chans=1'], '1-channel'),
+    ('classify', ['mask_levels=(4, 4, 4)'], 'at least 61x61'),  # resattnet56_cifar's data config is 32 px
+    ('visualize', ['mask_levels=(4, 4, 4)'], 'at least 61x61'),
+])
+def test_model_checked_against_the_input(image, tmp_path, capsys, command, kwargs, needle):
+    argv = [command, image, '--model', CIFAR, '--model-kwargs', *kwargs]
+    if command == 'visualize':
+        argv += ['--out', tmp_path / 'o.png']
+    _fails(argv, capsys, '--model-kwargs', needle)
+    assert not (tmp_path / 'o.png').exists()
+
+
+def test_classify_needs_a_classifier(image, capsys):
+    _fails(['classify', image, '--model', CIFAR, '--model-kwargs', 'num_classes=0'], capsys, 'num_classes=0')
+
+
+# --- images: scaled by their bit depth, or refused by mode ------------------------------------------------------
+
+def _grey_ramp(dtype, high):
+    return (np.linspace(0, 1, 32 * 32).reshape(32, 32) * high).astype(dtype)
+
+
+def test_open_image_scales_16_bit_and_float_images(tmp_path):
+    from timm_resattn.cli.common import open_image
+    ramp8 = np.rint(np.linspace(0, 1, 32 * 32).reshape(32, 32) * 255)
+    cases = {
+        'png16.png': Image.fromarray(_grey_ramp(np.uint16, 65535)),                       # I;16
+        'big_endian.tif': Image.frombytes('I;16B', (32, 32), _grey_ramp(np.uint16, 65535).astype('>u2').tobytes()),
+        'int32.tif': Image.fromarray(_grey_ramp(np.int32, 65535), mode='I'),              # I holding 16 bits
+        'float.tif': Image.fromarray(_grey_ramp(np.float32, 1.0), mode='F'),
+    }
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+        rgb = np.asarray(open_image(str(tmp_path / name)))
+        assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8, name
+        assert np.abs(rgb[..., 0].astype(float) - ramp8).max() <= 1, name  # Pillow's convert gave 255 or 0..1
+
+
+@pytest.mark.parametrize('name, make, needle', [
+    ('float255.tif', lambda: Image.fromarray(_grey_ramp(np.float32, 255.0), mode='F'), "'F'"),
+    ('negative.tif', lambda: Image.fromarray(_grey_ramp(np.int32, 65535) - 5, mode='I'), "'I'"),
+    ('lab.tif', lambda: Image.new('LAB', (8, 8)), "'LAB'"),
+])
+def test_open_image_refuses_modes_it_cannot_convert(tmp_path, capsys, name, make, needle):
+    path = tmp_path / name
+    make().save(path)
+    _fails(['classify', path, '--model', CIFAR], capsys, str(path), needle)

@@ -8,6 +8,11 @@
     timm-resattn train-cifar --dataset cifar10 --data-dir D  the paper's CIFAR recipe
     timm-resattn run path/to/timm/validate.py ARGS ...      a timm script with the models registered
 
+Every command declares the files it reads and writes where it declares its arguments (``common.input_argument``,
+``output_argument``, ``declare_paths``); before it runs, one guard (``common.check_paths``) refuses an output that is
+one of its inputs or another output (by any name), an output folder that is missing or can't be written, and an
+existing output unless the command allows replacing it (``--force``), never an input.
+
 A user's mistake (a bad flag value, a missing, unreadable, corrupt or mismatched file, an unknown model, no network,
 an output folder that does not exist) raises a ``timm_resattn.errors.ResAttnError`` somewhere below; :func:`main`
 prints it as one ``error: ...`` line naming the argument or file and returns exit status 2. argparse's own usage
@@ -22,7 +27,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import ResAttnError
-from .common import CommandParser, one_line
+from .common import CommandParser, check_paths, one_line
 
 __all__ = ['main', 'build_parser', 'run_command', 'COMMANDS']
 
@@ -60,8 +65,10 @@ def build_parser(prog: str = 'timm-resattn') -> argparse.ArgumentParser:
 
 
 def run_command(run, args: argparse.Namespace) -> int:
-    """ Call a command's ``run(args)``; a ``ResAttnError`` becomes ``error: <message>`` on stderr and status 2. """
+    """ Check the command's inputs and outputs (``common.check_paths``), then call its ``run(args)``; a
+    ``ResAttnError`` becomes ``error: <message>`` on stderr and status 2, Ctrl-C ``error: interrupted`` and 130. """
     try:
+        check_paths(args)
         return int(run(args) or 0)
     except ResAttnError as e:
         print(f'error: {one_line(e)}', file=sys.stderr)

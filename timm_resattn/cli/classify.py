@@ -5,7 +5,9 @@ from typing import List, Optional
 
 import torch
 
-from .common import add_model_arguments, create_model, open_image, parse_model_kwargs, positive_int
+from .common import (
+    add_model_arguments, check_model_input, create_model, input_argument, open_image, parse_model_kwargs, positive_int,
+)
 
 __all__ = ['classify', 'configure', 'run', 'CIFAR10_CLASSES']
 
@@ -27,8 +29,9 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
     """ Print the top-``topk`` classes of ``image``; user errors raise ``ResAttnError``s. """
     from timm.data import create_transform, resolve_data_config
 
-    img = open_image(image)  # errors name it IMAGE (the positional argument; --image in the old form)
     model = create_model(model_name, pretrained, checkpoint, model_kwargs).eval()
+    check_model_input(model, model_name)
+    img = open_image(image)  # errors name it IMAGE (the positional argument; --image in the old form)
     if not pretrained and not checkpoint:
         print('warning: no --pretrained or --checkpoint given: this is a randomly initialised network, '
               'its predictions mean nothing.', file=sys.stderr)
@@ -48,9 +51,9 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
 
 def configure(parser: argparse.ArgumentParser, image_flag: bool = False) -> None:
     if image_flag:  # the legacy `python -m timm_resattn --image F` form
-        parser.add_argument('--image', required=True, help='the image file to classify')
+        input_argument(parser, '--image', required=True, help='the image file to classify')
     else:
-        parser.add_argument('image', metavar='IMAGE', help='the image file to classify')
+        input_argument(parser, 'image', metavar='IMAGE', help='the image file to classify')
     add_model_arguments(parser, default='resattnet56')
     parser.add_argument('--topk', type=positive_int, default=5, help='how many classes to print (default 5)')
 

@@ -7,9 +7,13 @@ dispatcher in ``timm_resattn.cli`` prints them as one ``error: ...`` line and ex
 import argparse
 import ast
 import importlib
+import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 
 from ..errors import CommandError, MissingFileError, ResAttnError, WeightsError
@@ -17,7 +21,9 @@ from ..errors import CommandError, MissingFileError, ResAttnError, WeightsError
 __all__ = [
     'CommandParser', 'one_line', 'parse_model_kwargs', 'positive_int', 'non_negative_int', 'unit_interval',
     'resattn_models', 'check_model_name', 'create_model', 'add_model_arguments', 'model_from_args', 'open_image',
-    'check_output_path',
+    'check_output_path', 'PathUse', 'declare_paths', 'input_argument', 'output_argument', 'check_paths',
+    'parse_device', 'device_argument', 'check_model_input', 'seed_int', 'workers_int', 'image_size_int',
+    'positive_float', 'MAX_IMAGE_SIZE', 'MAX_SEED', 'max_workers',
 ]
 
 
@@ -72,22 +78,85 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
     return kwargs
 
 
-def _number(cast, minimum, maximum=None, what='a number'):
-    """ An argparse type: ``cast(text)`` within ``[minimum, maximum]``, else a message saying what was expected. """
+def _number(cast, minimum, maximum=None, what='a number', minimum_open=False, maximum_open=False):
+    """ An argparse type: ``cast(text)`` within ``[minimum, maximum]`` (open at an end with ``minimum_open`` /
+    ``maximum_open``), finite, else a message saying what was expected. """
     def parse(text: str):
         try:
             value = cast(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             value = None
-        if value is None or value != value or value < minimum or (maximum is not None and value > maximum):
+        bad = value is None or (isinstance(value, float) and not math.isfinite(value)) or value < minimum or \
+            (minimum_open and value == minimum) or (maximum is not None and value > maximum) or \
+            (maximum_open and value == maximum)
+        if bad:
             raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}')
         return value
     return parse
 
 
+MAX_IMAGE_SIZE = 4096  # the largest input side a command accepts (--img-size, export's --min/--max-size)
+MAX_SEED = 2 ** 32 - 1  # numpy's and CUDA's seed range
+
+
+def max_workers() -> int:
+    """ The most data-loading worker processes a command starts: the CPUs this process may run on. """
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
 positive_int = _number(int, 1, what='a positive integer')
 non_negative_int = _number(int, 0, what='a non-negative integer')
 unit_interval = _number(float, 0.0, 1.0, what='a number in [0, 1]')
+positive_float = _number(float, 0.0, what='a finite number > 0', minimum_open=True)
+seed_int = _number(int, 0, MAX_SEED, what=f'a seed in [0, {MAX_SEED}]')
+image_size_int = _number(int, 1, MAX_IMAGE_SIZE, what=f'an image side in [1, {MAX_IMAGE_SIZE}] px')
+
+
+def workers_int(text: str) -> int:
+    """ ``--workers``: 0 (load in the main process) .. the CPUs this process may use. """
+    return _number(int, 0, max_workers(), what=f'a number of worker processes in [0, {max_workers()}] (the CPUs '
+                                               f'this process may use)')(text)
+
+
+# --- the device -----------------------------------------------------------------------------------------------
+
+def parse_device(text: str, flag: str = '--device', device_count: Optional[int] = None) -> torch.device:
+    """ THE check of a ``--device`` value: ``cpu``, ``cuda`` / ``cuda:N`` with ``N`` below the number of CUDA
+    devices (``device_count``: ``torch.cuda.device_count()`` unless given), ``mps`` where PyTorch has it; anything
+    else (``meta``, a device this machine lacks, a typo) is a ``CommandError`` naming the flag. """
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CommandError(f'{flag} {text!r}: not a device ({one_line(e)}); expected cpu, cuda or cuda:N') from None
+    if device.type == 'cpu':
+        return torch.device('cpu')
+    if device.type == 'cuda':
+        count = torch.cuda.device_count() if device_count is None else device_count
+        if count < 1:
+            raise CommandError(f'{flag} {text}: CUDA is not available on this machine (use --device cpu)')
+        if device.index is not None and device.index >= count:
+            raise CommandError(f'{flag} {text}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}')
+        return device
+    if device.type == 'mps':
+        backend = getattr(torch.backends, 'mps', None)
+        if backend is None or not backend.is_available():
+            raise CommandError(f'{flag} {text}: Apple MPS is not available on this machine (use --device cpu)')
+        return device
+    raise CommandError(f'{flag} {text}: a {device.type!r} device cannot run a command; expected cpu, cuda or cuda:N')
+
+
+def device_argument(parser: argparse.ArgumentParser, default: str = 'cpu', help: str = 'torch device') -> None:
+    """ ``--device``, checked by ``parse_device`` when parsed (before any file is read). """
+    def parse(text: str) -> torch.device:
+        try:
+            return parse_device(text)
+        except CommandError as e:
+            raise argparse.ArgumentTypeError(str(e).split(': ', 1)[-1]) from None
+    parser.add_argument('--device', type=parse, default=default,
+                        help=f'{help}: cpu, cuda, cuda:N (default: {default})')
 
 
 def resattn_models() -> List[str]:
@@ -176,6 +245,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: Optional[str] 
     weights.add_argument('--pretrained', action='store_true', help="load the model's published weights")
     weights.add_argument('--checkpoint', metavar='FILE',
                          help='load weights from this file (.safetensors, or a .pth), checked against the model')
+    declare_paths(parser, inputs=lambda args: [PathUse('--checkpoint', p) for p in _values(args, 'checkpoint')])
     parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                         help='architecture overrides, e.g. attention_residual=False (Python literals)')
 
@@ -185,8 +255,43 @@ def model_from_args(args: argparse.Namespace) -> nn.Module:
     return create_model(args.model, args.pretrained, args.checkpoint, parse_model_kwargs(args.model_kwargs))
 
 
+# Modes whose conversion to RGB is Pillow's own and faithful: 8 bits per channel (alpha is dropped, as timm's
+# loaders drop it), palettes, CMYK and YCbCr.
+_RGB_MODES = ('1', 'L', 'LA', 'La', 'P', 'PA', 'RGB', 'RGBA', 'RGBa', 'RGBX', 'CMYK', 'YCbCr')
+_UINT16_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def _to_rgb(im, flag: str, path: str):
+    """ ``im`` as an 8-bit RGB image, scaled by its bit depth: 16-bit grey (``I;16*``, and ``I`` holding values in
+    [0, 65535] as Pillow reads 16-bit PNGs) by 255/65535, float grey (``F``) from [0, 1]; any other mode, or
+    values outside those ranges, is refused naming the mode (Pillow's ``convert('RGB')`` would clip them to white
+    or black). """
+    import numpy as np
+    from PIL import Image
+
+    mode = im.mode
+    if mode in _RGB_MODES:
+        return im.convert('RGB')
+    if mode in _UINT16_MODES or mode in ('I', 'F'):
+        values = np.asarray(im)
+        if mode == 'F':
+            low, high, what = 0.0, 1.0, 'floating-point values in [0, 1]'
+        else:
+            low, high, what = 0, 65535, 'integer values in [0, 65535] (16 bits)'
+        finite = bool(np.isfinite(values).all()) if values.dtype.kind == 'f' else True
+        if values.size and (not finite or values.min() < low or values.max() > high):
+            found = f'[{values.min()}, {values.max()}]' if finite else 'NaN or Inf'
+            raise CommandError(f"{flag}: {path!r} is a {mode!r} (single-channel {values.dtype}) image with values "
+                               f"{found}; expected {what}: convert it to 8-bit RGB first")
+        grey = np.rint(values.astype(np.float64) * (255.0 / high)).astype(np.uint8)
+        return Image.fromarray(grey, mode='L').convert('RGB')
+    raise CommandError(f'{flag}: {path!r} has the image mode {mode!r}, which this command cannot convert to RGB '
+                       f'faithfully; convert it to 8-bit RGB first')
+
+
 def open_image(path: str, flag: str = 'IMAGE'):
-    """ Read an image as RGB; a missing, unreadable or decompression-bomb file is a ``CommandError``. """
+    """ Read an image as 8-bit RGB (``_to_rgb``: 16-bit and float images scaled by their range, unconvertible
+    modes refused by name); a missing, unreadable or decompression-bomb file is a ``CommandError``. """
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -196,26 +301,175 @@ def open_image(path: str, flag: str = 'IMAGE'):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert('RGB')
+            return _to_rgb(im, flag, path)
+    except CommandError:
+        raise
     except Image.DecompressionBombError as e:
         raise CommandError(f'{flag}: refused {path!r}: {e}') from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise CommandError(f'{flag}: cannot read image {path!r}: {" ".join(str(e).split())[:200]}') from None
 
 
-def check_output_path(path: str, flag: str, inputs: Sequence[str] = (), force: bool = True) -> str:
-    """ Refuse an output path whose folder does not exist, that is a folder, that is one of ``inputs`` (a file the
-    command reads, or another of its outputs: it would overwrite it), or that exists when ``force`` is False. """
+def _model_in_chans(model: nn.Module) -> Optional[int]:
+    in_chans = getattr(model, 'in_chans', None)
+    if isinstance(in_chans, int):
+        return in_chans
+    first = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
+    try:
+        conv = model.get_submodule(first) if isinstance(first, str) else None
+    except AttributeError:
+        conv = None
+    conv = conv or next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return getattr(conv, 'in_channels', None)
+
+
+def check_model_input(model: nn.Module, name: str, input_size: Optional[int] = None, size_flag: str = '',
+                      ranks_classes: bool = True, in_chans: int = 3) -> None:
+    """ THE check of a built model against what the command will feed it, before any data is read: ``in_chans``
+    channels (RGB images and CIFAR data: 3), at least one class where the command ranks or trains classes, and an
+    input side ``input_size`` (the data config's unless given) no smaller than the model's ``min_input_size``. A
+    mismatch is a ``CommandError`` naming ``--model-kwargs`` (or ``size_flag``). """
+    model_chans = _model_in_chans(model)
+    if model_chans is not None and model_chans != in_chans:
+        raise CommandError(f'--model {name} --model-kwargs: the model takes {model_chans}-channel inputs '
+                           f'(in_chans={model_chans}); this command feeds it {in_chans}-channel RGB images')
+    num_classes = getattr(model, 'num_classes', None)
+    if ranks_classes and isinstance(num_classes, int) and num_classes < 1:
+        raise CommandError(f'--model {name} --model-kwargs: num_classes={num_classes} leaves the model without a '
+                           f'classifier; this command ranks classes (expected num_classes >= 1)')
+    if input_size is None:
+        from timm.data import resolve_data_config
+        input_size = int(resolve_data_config({}, model=model)['input_size'][-1])
+        size_flag = 'its data config'
+    min_size = int(getattr(model, 'min_input_size', 1) or 1)
+    if input_size < min_size:
+        where = size_flag or 'the data'
+        raise CommandError(f'--model {name} --model-kwargs: this configuration needs inputs of at least '
+                           f'{min_size}x{min_size} px, {where} gives {input_size}x{input_size}')
+
+
+# --- what a command reads and writes ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PathUse:
+    """ One file a command reads (an input) or writes (an output), with the flag that names it.
+
+    ``replace``: for an output, an existing file there may be replaced (an earlier result: ``--force``); for an
+    input, the command continues it and writes it again (``train-cifar --resume OUT/last.pth.tar``). ``hint``: what
+    to pass to replace an existing output. ``create_folder``: the output's folder is created by the command. """
+    flag: str
+    path: str
+    replace: bool = False
+    hint: str = 'pass --force to overwrite it'
+    create_folder: bool = False
+
+
+PathsFn = Callable[[argparse.Namespace], Sequence[PathUse]]
+
+
+def declare_paths(parser: argparse.ArgumentParser, inputs: Optional[PathsFn] = None,
+                  outputs: Optional[PathsFn] = None) -> None:
+    """ Record how to find, in the parsed arguments, the files a command reads (``inputs``) and writes
+    (``outputs``); ``check_paths`` checks them all before the command runs. Every path-valued argument is declared
+    here (``input_argument``, ``output_argument``, ``add_model_arguments`` call it). """
+    ins, outs = parser.get_default('_path_inputs') or (), parser.get_default('_path_outputs') or ()
+    parser.set_defaults(_path_inputs=ins + ((inputs,) if inputs else ()),
+                        _path_outputs=outs + ((outputs,) if outputs else ()))
+
+
+def _values(args: argparse.Namespace, dest: str) -> List[str]:
+    value = getattr(args, dest, None)
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def input_argument(parser: argparse.ArgumentParser, *flags: str, label: Optional[str] = None, **kwargs):
+    """ ``parser.add_argument`` for a file the command reads (declared with ``declare_paths``). """
+    action = parser.add_argument(*flags, **kwargs)
+    name = label or (action.option_strings[0] if action.option_strings else action.metavar or action.dest)
+    declare_paths(parser, inputs=lambda args: [PathUse(name, p) for p in _values(args, action.dest)])
+    return action
+
+
+def output_argument(parser: argparse.ArgumentParser, *flags: str, label: Optional[str] = None,
+                    force_flag: Optional[str] = None, **kwargs):
+    """ ``parser.add_argument`` for a file the command writes (declared with ``declare_paths``). An existing file
+    there is replaced only if ``force_flag`` (e.g. ``force`` for ``--force``) is set; without a ``force_flag`` the
+    output is a figure the command always rewrites. Never an input. """
+    action = parser.add_argument(*flags, **kwargs)
+    name = label or (action.option_strings[0] if action.option_strings else action.metavar or action.dest)
+
+    def outputs(args):
+        replace = bool(getattr(args, force_flag)) if force_flag else True
+        return [PathUse(name, p, replace=replace) for p in _values(args, action.dest)]
+    declare_paths(parser, outputs=outputs)
+    return action
+
+
+def _same_file(a: str, b: str) -> bool:
+    """ ``a`` and ``b`` name one file: the same inode when both exist (hard links, symlinks), else the same real
+    path (``./x`` vs ``x``, a symlinked folder). """
+    if os.path.exists(a) and os.path.exists(b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_writable(folder: str, flag: str, path: str) -> None:
+    """ Create and remove a file in ``folder``: the only check that holds for every user (root too) and every
+    file system (read-only mounts). """
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix='.timm-resattn-probe-')
+    except OSError as e:
+        raise CommandError(f"{flag} {path!r}: can't write into the folder {folder!r} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_path(path: str, flag: str, inputs: Sequence[str] = (), force: bool = True,
+                      hint: str = 'pass --force to overwrite it', create_folder: bool = False) -> str:
+    """ Refuse an output path whose folder does not exist (unless the command creates it) or can't be written, that
+    is a folder, that is one of ``inputs`` (a file the command reads, or another of its outputs: it would overwrite
+    it), or that exists when ``force`` is False. """
     folder = os.path.dirname(os.path.abspath(path))
+    if create_folder:
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)  # the command creates the rest
     if not os.path.isdir(folder):
-        raise CommandError(f'{flag} {path!r}: the folder {folder!r} does not exist')
+        what = 'is not a folder' if os.path.exists(folder) else 'does not exist'
+        raise CommandError(f'{flag} {path!r}: the folder {folder!r} {what}')
     if os.path.isdir(path):
         raise CommandError(f'{flag} {path!r} is a folder; expected a file path')
     for src in inputs:
-        same = os.path.samefile(path, src) if os.path.exists(path) and os.path.exists(src) else \
-            os.path.realpath(path) == os.path.realpath(src)  # another output of the same run, not written yet
-        if same:
+        if _same_file(path, src):
             raise CommandError(f'{flag} {path!r} is also an input file or another output; refusing to overwrite it')
-    if not force and os.path.exists(path):
-        raise CommandError(f'{flag} {path!r} exists; pass --force to overwrite it')
+    if not force and (os.path.exists(path) or os.path.islink(path)):
+        raise CommandError(f'{flag} {path!r} exists; {hint}')
+    _check_writable(folder, flag, path)
     return path
+
+
+def check_paths(args: argparse.Namespace) -> Tuple[List[PathUse], List[PathUse]]:
+    """ THE guard of every command, before it reads or writes anything: each output (``declare_paths``) is checked
+    against every input and every other output (the same file by any name: ``samefile``, symlinks, hard links,
+    ``./x`` vs ``x``), its folder must exist (or be created by the command) and be writable, and an existing file
+    there is replaced only where the command allows it (``--force``), never when it is an input. Returns
+    ``(inputs, outputs)``. """
+    inputs = [use for fn in getattr(args, '_path_inputs', None) or () for use in fn(args)]
+    outputs = [use for fn in getattr(args, '_path_outputs', None) or () for use in fn(args)]
+    for i, out in enumerate(outputs):
+        for src in inputs:
+            if _same_file(out.path, src.path) and not src.replace:
+                raise CommandError(f'{out.flag} {out.path!r} is the input {src.flag} {src.path!r}; refusing to '
+                                   f'overwrite a file the command reads')
+        for other in outputs[:i]:
+            if _same_file(out.path, other.path):
+                raise CommandError(f'{out.flag} {out.path!r} is also the output {other.flag} {other.path!r}; one '
+                                   f'would overwrite the other')
+        continued = any(src.replace and _same_file(out.path, src.path) for src in inputs)
+        check_output_path(out.path, out.flag, force=out.replace or continued, hint=out.hint,
+                          create_folder=out.create_folder)
+    return inputs, outputs

@@ -10,6 +10,7 @@ import os
 
 from ..errors import CommandError, MissingFileError
 from ..models.resattnet import CAFFE_NETS
+from .common import input_argument, output_argument
 
 __all__ = ['configure', 'run']
 
@@ -19,12 +20,10 @@ def _caffe(args: argparse.Namespace) -> int:
 
     from ..convert.caffe import convert_caffe_blobs, read_caffemodel
     from ..weights import save_state_dict
-    from .common import check_output_path
 
     if args.model not in CAFFE_NETS:
         raise CommandError(f'--model: unknown model {args.model!r} for Caffe weights; only the nets with an official '
                            f'Caffe definition convert: {", ".join(CAFFE_NETS)}')
-    check_output_path(args.output, 'OUT.safetensors', inputs=[args.input], force=args.force)
     if not os.path.exists(args.input):
         raise MissingFileError(f'IN.caffemodel: file not found: {args.input!r}')
     if not os.path.isfile(args.input):
@@ -63,10 +62,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
             'safetensors state_dict. BN blob 3 is an inverse std and becomes running_var = inv_std**-2 - eps.'
         ),
     )
-    caffe.add_argument('input', metavar='IN.caffemodel', help='binary Caffe weights (NetParameter)')
-    caffe.add_argument('output', metavar='OUT.safetensors', help='the state_dict to write')
+    input_argument(caffe, 'input', metavar='IN.caffemodel', label='IN.caffemodel',
+                   help='binary Caffe weights (NetParameter)')
+    output_argument(caffe, 'output', metavar='OUT.safetensors', label='OUT.safetensors', force_flag='force',
+                    help='the state_dict to write')
     caffe.add_argument('--model', required=True, metavar='NAME', help=f'the net: {", ".join(CAFFE_NETS)}')
-    caffe.add_argument('--force', action='store_true', help='overwrite OUT if it exists')
+    caffe.add_argument('--force', action='store_true', help='overwrite OUT if it exists (never the input)')
     caffe.set_defaults(_convert=_caffe)
 
 

@@ -9,7 +9,7 @@ Needs the ``export`` extra (``pip install "timm-resattn[export]"``).
 import argparse
 
 from ..errors import CommandError
-from .common import add_model_arguments, check_output_path, model_from_args, positive_int
+from .common import MAX_IMAGE_SIZE, _number, add_model_arguments, image_size_int, model_from_args, output_argument
 
 __all__ = ['configure', 'run']
 
@@ -19,7 +19,6 @@ def _onnx(args: argparse.Namespace) -> int:
     from ..export.program import resolve_size_range
 
     require_onnx()
-    check_output_path(args.output, 'OUT.onnx', force=args.force)
     model = model_from_args(args).eval()
     min_size, max_size = resolve_size_range(model, args.min_size, args.max_size)
     path = export_onnx(model, args.output, min_size=min_size, max_size=max_size, opset=args.opset)
@@ -46,13 +45,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     onnx = sub.add_parser('onnx', help='an ONNX file (dynamic batch, height and width)', description=__doc__.strip()
                           .splitlines()[0])
-    onnx.add_argument('output', metavar='OUT.onnx', help='the ONNX file to write (its folder must exist)')
+    output_argument(onnx, 'output', metavar='OUT.onnx', label='OUT.onnx', force_flag='force',
+                    help='the ONNX file to write (its folder must exist)')
     add_model_arguments(onnx)
-    onnx.add_argument('--min-size', type=positive_int, default=None,
+    onnx.add_argument('--min-size', type=image_size_int, default=None,
                       help="smallest input height/width (default: the model's minimum)")
-    onnx.add_argument('--max-size', type=positive_int, default=1024, help='largest input height/width (default 1024)')
-    onnx.add_argument('--opset', type=positive_int, default=18, help='ONNX opset (17..23, default 18)')
-    onnx.add_argument('--force', action='store_true', help='overwrite OUT.onnx if it exists')
+    onnx.add_argument('--max-size', type=image_size_int, default=1024,
+                      help=f'largest input height/width (default 1024, at most {MAX_IMAGE_SIZE})')
+    onnx.add_argument('--opset', type=_number(int, 17, 23, what='an ONNX opset in [17, 23]'), default=18,
+                      help='ONNX opset (17..23, default 18)')
+    onnx.add_argument('--force', action='store_true', help='overwrite OUT.onnx if it exists (never an input file)')
     onnx.set_defaults(_export=_onnx)
 
 

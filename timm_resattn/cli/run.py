@@ -19,6 +19,7 @@ import sys
 from typing import Sequence
 
 from ..errors import MissingFileError
+from .common import input_argument
 
 __all__ = ['run_script', 'configure', 'run']
 
@@ -60,7 +61,8 @@ def run_script(script: str, args: Sequence[str] = (), replace_path0: bool = Fals
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = ('Works under torchrun: torchrun --nproc_per_node=N -m timm_resattn.scripts train.py '
                      '--model resattnet56 ...')
-    parser.add_argument('script', metavar='SCRIPT.py', help="the script, e.g. path/to/pytorch-image-models/validate.py")
+    input_argument(parser, 'script', metavar='SCRIPT.py',
+                   help='the script, e.g. path/to/pytorch-image-models/validate.py')
     parser.add_argument('script_args', nargs=argparse.REMAINDER, metavar='ARGS', help="the script's own arguments")
 
 

@@ -19,7 +19,17 @@ batch 64, lr 0.1 divided by 10 at 64k and 96k of 160k iterations; pad-4 random c
 
 Outputs in ``--out`` (created only once data and model are ready): ``last.pth.tar`` and ``model_best.pth.tar``
 (timm's checkpoint layout: they load with ``timm.create_model(arch, num_classes=K, checkpoint_path=...)`` and
-``validate.py --checkpoint``), ``model_best.safetensors`` and ``summary.json`` at the end.
+``validate.py --checkpoint``), ``model_best.safetensors`` and ``summary.json`` at the end. A folder holding any of
+them (an earlier run) is refused unless ``--resume`` names a checkpoint in it (the run continues that run) or
+``--overwrite-run`` is given (the earlier run's four files are deleted when training starts; other files stay). A
+run holds a lock on its folder: a second run into it is refused while the first is alive. The folder (or the
+nearest existing folder above it) must be writable; that is checked before anything is read.
+
+On CUDA: ``--device cuda:N`` is checked against the device count when the flags are parsed; the host waits for
+the GPU only at log and eval points (a non-finite loss is therefore noticed there, naming the iteration where it
+first appeared; fp16's GradScaler still syncs every step, bf16 does not need one); ``--amp bf16`` runs bfloat16
+autocast where ``torch.cuda.is_bf16_supported()``. What is and is not bit-reproducible on a GPU: see
+``timm_resattn.train.loop``.
 
 Every user mistake (a bad flag value, a missing or corrupt data file, an unusable ``--resume`` file, no network
 for ``--download``, a diverging run) is a ``timm_resattn.errors.ResAttnError``: one line ``error: ...``, exit 2.
@@ -36,13 +46,17 @@ from torch.utils.data import DataLoader
 
 import timm
 
-from ..errors import CommandError, ResAttnError
+from ..errors import CommandError, DataError, ResAttnError
 from ..train.cifar_data import LAYOUT, NUM_CLASSES, TrainBatches, apply_label_noise, download_cifar, load_cifar
 from ..train.loop import (
     Schedule, build_checkpoint, data_normalization, evaluate, load_resume_checkpoint, save_checkpoint_file,
     train_loop, write_final_safetensors,
 )
-from .common import parse_model_kwargs
+from ..weights import atomic_write
+from .common import (
+    MAX_SEED, PathUse, _number, check_model_input, check_paths, declare_paths, device_argument, max_workers,
+    parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
+)
 
 __all__ = ['configure', 'run', 'train_from_args', 'parse_milestones']
 
@@ -52,6 +66,51 @@ DESCRIPTION = (
     'paper\'s per-pixel mean image, so timm\'s preprocessing (validate.py --checkpoint, create_transform) matches '
     'training; checkpoints record the normalisation.'
 )
+
+
+MAX_ITERS = 10 ** 9  # iteration counts (--iters, --eval-every, --log-every): 1 .. a billion
+MAX_BATCH = 65536  # --batch-size; also at most the training set, checked when it is read
+RUN_FILES = ('last.pth.tar', 'model_best.pth.tar', 'model_best.safetensors', 'summary.json')  # what a run writes
+
+_iters = _number(int, 1, MAX_ITERS, what=f'an iteration count in [1, {MAX_ITERS}]')
+_batch_size = _number(int, 1, MAX_BATCH, what=f'a batch size in [1, {MAX_BATCH}]')
+_momentum = _number(float, 0.0, 1.0, what='a momentum in [0, 1)', maximum_open=True)
+_weight_decay = _number(float, 0.0, 1.0, what='a weight decay in [0, 1]')
+_drop_path = _number(float, 0.0, 1.0, what='a rate in [0, 1)', maximum_open=True)
+
+
+def out_dir_of(args: argparse.Namespace) -> str:
+    """ The run folder: ``--out``, or ``output/train_cifar/<model>-<dataset>``. """
+    return args.out or os.path.join('output', 'train_cifar', f'{args.model}-{args.dataset}')
+
+
+def _continues_run(args: argparse.Namespace) -> bool:
+    """ ``--resume`` names a checkpoint inside ``--out``: the run continues the run of that folder. """
+    if not args.resume:
+        return False
+    folder, out = os.path.dirname(os.path.abspath(args.resume)), out_dir_of(args)
+    if os.path.isdir(folder) and os.path.isdir(out):
+        return os.path.samefile(folder, out)
+    return os.path.realpath(folder) == os.path.realpath(out)
+
+
+def _inputs(args: argparse.Namespace) -> List[PathUse]:
+    """ What a run reads: the dataset's files and ``--resume`` (rewritten when it continues its own folder). """
+    folder, train_files, test_files, meta, _, _ = LAYOUT[args.dataset]
+    data = [PathUse('--data-dir', os.path.join(args.data_dir, folder, f)) for f in (*train_files, *test_files, meta)]
+    resume = [PathUse('--resume', args.resume, replace=_continues_run(args))] if args.resume else []
+    return data + resume
+
+
+def _outputs(args: argparse.Namespace) -> List[PathUse]:
+    """ What a run writes in its folder (created by the run). An earlier run's files there are replaced only when
+    ``--resume`` continues that run or ``--overwrite-run`` is given. """
+    out = out_dir_of(args)
+    replace = args.overwrite_run or _continues_run(args)
+    hint = (f'--out {out} holds an earlier run: pass --resume {os.path.join(out, "last.pth.tar")} to continue it, or '
+            f'--overwrite-run to replace it, or another --out')
+    return [PathUse('--out', os.path.join(out, name), replace=replace, hint=hint, create_folder=True)
+            for name in RUN_FILES]
 
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -64,30 +123,45 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--download', action='store_true', help='let torchvision download (and md5-check) the dataset')
     p.add_argument('--model', default='resattnet92_cifar',
                    help='any registered timm model (num_classes from data; inputs normalised with its data config)')
-    p.add_argument('--iters', type=int, default=160_000, help='training iterations (paper: 160k)')
+    p.add_argument('--iters', type=_iters, default=160_000,
+                   help=f'training iterations in [1, {MAX_ITERS}] (paper: 160k)')
     p.add_argument('--milestones', default=None,
                    help='iterations where the lr is divided by 10, e.g. "64000,96000" (default: 40%% and 60%% of '
                         '--iters, the paper\'s 64k/96k of 160k)')
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--lr', type=float, default=0.1)
-    p.add_argument('--momentum', type=float, default=0.9)
-    p.add_argument('--weight-decay', type=float, default=1e-4)
+    p.add_argument('--batch-size', type=_batch_size, default=64,
+                   help=f'images per iteration, in [1, {MAX_BATCH}] and at most the training set (default 64)')
+    p.add_argument('--lr', type=positive_float, default=0.1, help='base learning rate, a finite number > 0')
+    p.add_argument('--momentum', type=_momentum, default=0.9, help='SGD momentum in [0, 1) (default 0.9)')
+    p.add_argument('--weight-decay', type=_weight_decay, default=1e-4,
+                   help='L2 weight decay in [0, 1] (default 1e-4)')
     p.add_argument('--no-nesterov', dest='nesterov', action='store_false', help='plain momentum instead of Nesterov')
-    p.add_argument('--label-noise', type=float, default=None, metavar='R',
-                   help="the paper's r (Eq. 7): clean-label ratio; each training label is kept with probability R, "
-                        "else replaced by a uniformly chosen other class (Table 5's 10%% noise: R=0.9)")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--eval-every', type=int, default=4000, help='test and checkpoint every N iterations')
-    p.add_argument('--log-every', type=int, default=100)
-    p.add_argument('--amp', action='store_true', help='mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU')
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--workers', type=int, default=2, help='DataLoader processes preparing augmented batches')
-    p.add_argument('--out', default=None, help='output folder (default: output/train_cifar/<model>-<dataset>)')
+    p.add_argument('--label-noise', type=unit_interval, default=None, metavar='R',
+                   help="the paper's r (Eq. 7): clean-label ratio in [0, 1]; each training label is kept with "
+                        "probability R, else replaced by a uniformly chosen other class (Table 5's 10%% noise: R=0.9)")
+    p.add_argument('--seed', type=seed_int, default=0, help=f'random seed in [0, {MAX_SEED}] (default 0)')
+    p.add_argument('--eval-every', type=_iters, default=4000, help='test and checkpoint every N iterations')
+    p.add_argument('--log-every', type=_iters, default=100,
+                   help='print the mean training loss every N iterations (also where a non-finite loss is noticed)')
+    p.add_argument('--amp', nargs='?', const='auto', default=None, choices=('auto', 'bf16', 'fp16'),
+                   help='mixed precision: bf16 (CPU, and CUDA where torch.cuda.is_bf16_supported()), fp16 (CUDA, with '
+                        'a GradScaler); --amp alone: fp16 on CUDA, bf16 on CPU')
+    device_argument(p, default='cuda' if torch.cuda.is_available() else 'cpu', help='the device to train on')
+    p.add_argument('--workers', type=workers_int, default=min(2, max_workers()),
+                   help='DataLoader processes preparing augmented batches, 0 .. the CPUs this process may use '
+                        '(default: 2 or fewer)')
+    p.add_argument('--out', default=None,
+                   help='output folder (default: output/train_cifar/<model>-<dataset>); one that holds an earlier '
+                        'run is refused unless --resume continues that run or --overwrite-run is given')
+    p.add_argument('--overwrite-run', action='store_true',
+                   help="replace the earlier run in --out: its checkpoints and summary are deleted when training "
+                        "starts (other files in the folder are never touched)")
     p.add_argument('--resume', default=None, help='a last.pth.tar (or any checkpoint of this command) to continue')
-    p.add_argument('--drop-path', type=float, default=0.0, help='stochastic depth rate (not in the paper)')
+    p.add_argument('--drop-path', type=_drop_path,
+                   default=0.0, help='stochastic depth rate in [0, 1) (not in the paper)')
     p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                    help='architecture overrides passed to timm.create_model, e.g. the ablations of §4.1: '
                         'attention_residual=False mask_act=spatial mask_type=local (values are Python literals)')
+    declare_paths(p, inputs=_inputs, outputs=_outputs)
     return p
 
 
@@ -104,43 +178,46 @@ def parse_milestones(text: Optional[str], iters: int) -> List[int]:
     return sorted(int(v) for v in values)
 
 
-def _check_number(flag: str, value: float, low: float, high: float = math.inf, high_open: bool = False) -> None:
-    ok = math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bound = f'[{low:g}, {high:g}{")" if high_open else "]"}' if math.isfinite(high) else f'>= {low:g}'
-        raise CommandError(f'{flag} must be a finite number {"in " if math.isfinite(high) else ""}{bound}, '
-                           f'got {value}')
-
-
 def validate_args(args: argparse.Namespace) -> None:
-    """ Every flag value checked before anything is read, built or written; a ``CommandError`` names the flag. """
-    for flag, value in (('--iters', args.iters), ('--batch-size', args.batch_size),
-                        ('--eval-every', args.eval_every), ('--log-every', args.log_every)):
-        if value < 1:
-            raise CommandError(f'{flag} must be a positive integer, got {value}')
-    if args.workers < 0:
-        raise CommandError(f'--workers must be a non-negative integer, got {args.workers}')
-    _check_number('--lr', args.lr, 0.0)
-    _check_number('--momentum', args.momentum, 0.0)
-    _check_number('--weight-decay', args.weight_decay, 0.0)
-    _check_number('--drop-path', args.drop_path, 0.0, 1.0, high_open=True)
-    if args.label_noise is not None:
-        _check_number('--label-noise', args.label_noise, 0.0, 1.0)
+    """ What argparse's types can't check, before anything is read, built or written (the numbers and the device
+    are checked when parsed); a ``CommandError`` names the flag. """
     if not timm.is_model(args.model):
         raise CommandError(f'--model {args.model!r} is not a registered timm model '
                            f'(e.g. resattnet56_cifar, resattnet92_cifar)')
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        raise CommandError(f'--device {args.device!r}: {e}') from None
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise CommandError(f'--device {args.device}: CUDA is not available on this machine (use --device cpu)')
-    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise CommandError(f'--out {args.out} exists and is not a folder')
+    out = out_dir_of(args)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f'--out {out} exists and is not a folder')
     if not args.download and not os.path.isdir(args.data_dir):
         raise CommandError(f'--data-dir {args.data_dir}: no such folder (pass --download to fetch {args.dataset})')
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CommandError(f'--resume {args.resume}: no such file')
+    amp_dtype(args.amp, args.device)
+
+
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """ ``torch.cuda.is_bf16_supported()`` for ``device`` (not just the current one). """
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported()
+
+
+def amp_dtype(choice: Optional[str], device: torch.device) -> Optional[torch.dtype]:
+    """ ``--amp`` -> the autocast dtype: ``bf16`` on CPU, and on CUDA where ``torch.cuda.is_bf16_supported()``;
+    ``fp16`` on CUDA only (with a GradScaler); ``auto`` (``--amp`` alone, its old meaning): fp16 on CUDA, bf16
+    elsewhere. A precision the device lacks is a ``CommandError``. """
+    if choice is None:
+        return None
+    if choice == 'auto':
+        choice = 'fp16' if device.type == 'cuda' else 'bf16'
+    if choice == 'fp16':
+        if device.type != 'cuda':
+            raise CommandError(f'--amp fp16 needs a CUDA device (a GradScaler); on {device.type} use --amp bf16')
+        return torch.float16
+    if device.type == 'cuda':
+        if not cuda_supports_bf16(device):
+            raise CommandError(f'--amp bf16: {device} does not support bfloat16; use --amp fp16')
+    elif device.type != 'cpu':
+        raise CommandError(f'--amp bf16 is offered on cpu and cuda, not on {device.type}')
+    return torch.bfloat16
 
 
 def _create_model(args: argparse.Namespace, num_classes: int, model_kwargs: Dict[str, object]) -> torch.nn.Module:
@@ -155,19 +232,47 @@ def _create_model(args: argparse.Namespace, num_classes: int, model_kwargs: Dict
 
 
 @contextlib.contextmanager
-def _run_folder(path: str):
-    """ Create ``path``; if the run fails before writing anything into it and we created it, remove it again. """
+def _run_folder(path: str, replace_earlier: bool):
+    """ Create ``path`` and hold an exclusive lock on it while the run writes there, so that two runs into one
+    folder never interleave (a second one is refused; the lock goes with the process, even when it is killed).
+    ``replace_earlier`` (``--overwrite-run``): delete the earlier run's files first. If the run fails before
+    writing anything into a folder it created, the folder is removed again. """
     created = not os.path.isdir(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise CommandError(f'--out {path}: cannot create this folder ({e.strerror or e})') from None
+    lock = _lock_folder(path)
     try:
+        if replace_earlier:
+            for name in RUN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(path, name))
         yield path
     except BaseException:
         if created and os.path.isdir(path) and not os.listdir(path):
             os.rmdir(path)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock_folder(path: str) -> Optional[int]:
+    """ An exclusive ``flock`` on the folder itself (no lock file is left behind); ``None`` where the platform has
+    no ``fcntl``. Another live run holding it is a ``CommandError``. """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CommandError(f'--out {path}: another train-cifar run is writing into this folder; wait for it or '
+                           f'choose another --out') from None
+    return fd
 
 
 def _load_data(args: argparse.Namespace):
@@ -177,6 +282,9 @@ def _load_data(args: argparse.Namespace):
     test_x, test_y, _ = load_cifar(args.data_dir, args.dataset, train=False)
     if len(train_x) < args.batch_size:
         raise CommandError(f'--batch-size {args.batch_size} is larger than the {len(train_x)} training images')
+    if len(test_x) == 0:
+        folder = os.path.join(args.data_dir, LAYOUT[args.dataset][0])
+        raise DataError(f'{folder}: the test set holds no images; a run needs at least one to evaluate')
     return train_x, train_y, test_x, test_y, class_names
 
 
@@ -196,7 +304,9 @@ def _build_training(args: argparse.Namespace, num_classes: int, model_kwargs: Di
     """ Model (in train mode), its normalisation, optimizer and AMP scaler, restored from ``--resume`` if given;
     returns them with ``(start iteration, best top-1, its iteration)``.
     """
-    model = _create_model(args, num_classes, model_kwargs).to(device)
+    model = _create_model(args, num_classes, model_kwargs)
+    check_model_input(model, args.model, input_size=32, size_flag='CIFAR')  # before any data is read
+    model = model.to(device)
     model.train()
     norm = data_normalization(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -216,26 +326,33 @@ def _write_final_outputs(out_dir: str, summary: Dict[str, float]) -> None:
     best_path = os.path.join(out_dir, 'model_best.pth.tar')
     if os.path.isfile(best_path):
         write_final_safetensors(best_path, os.path.join(out_dir, 'model_best.safetensors'))
-    with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    text = json.dumps(summary, indent=2)
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+    atomic_write(os.path.join(out_dir, 'summary.json'), write)
 
 
 def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
-    """ The whole command; returns the summary (also written to ``summary.json``). The output folder is created
-    only once data and model are ready.
+    """ The whole command; returns the summary (also written to ``summary.json``). Checks every file it reads and
+    writes first (``check_paths``: also where the legacy ``python -m timm_resattn.train_cifar`` calls this without
+    the dispatcher), builds and checks the model, then reads the data; the output folder is created only once data
+    and model are ready.
     """
+    check_paths(args)
     validate_args(args)
     model_kwargs = parse_model_kwargs(args.model_kwargs)
     milestones = parse_milestones(args.milestones, args.iters)
-    out_dir = args.out or os.path.join('output', 'train_cifar', f'{args.model}-{args.dataset}')
-    device = torch.device(args.device)
-    amp_dtype = (torch.float16 if device.type == 'cuda' else torch.bfloat16) if args.amp else None
+    out_dir = out_dir_of(args)
+    device = args.device  # checked by parse_device when parsed
+    amp = amp_dtype(args.amp, device)
 
-    train_x, train_y, test_x, test_y, class_names = _load_data(args)
     num_classes = NUM_CLASSES[args.dataset]
-    train_y, noise_rate = _noisy_labels(args, train_y, num_classes)
     model, norm, optimizer, scaler, (start_it, best_acc, best_it) = _build_training(
-        args, num_classes, model_kwargs, device, amp_dtype)
+        args, num_classes, model_kwargs, device, amp)
+    train_x, train_y, test_x, test_y, class_names = _load_data(args)
+    train_y, noise_rate = _noisy_labels(args, train_y, num_classes)
     print(f'{args.dataset}: {len(train_x)} train / {len(test_x)} test images, {num_classes} classes; inputs '
           f'normalised per channel with the model data config (mean {list(norm["mean"])}, std {list(norm["std"])}, '
           f'pixels in [0, 1])', flush=True)
@@ -246,14 +363,15 @@ def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
     print(f'{args.model}: {n_params / 1e6:.3f}M params; {args.iters} iterations of batch {args.batch_size} '
           f'({args.iters / train_set.batches_per_epoch:.1f} epochs), lr {args.lr} /10 at {milestones}, '
           f'{"Nesterov " if args.nesterov else ""}SGD momentum {args.momentum} wd {args.weight_decay}, '
-          f'device {device}{", amp " + str(amp_dtype).split(".")[-1] if amp_dtype else ""}', flush=True)
+          f'device {device}{", amp " + str(amp).split(".")[-1] if amp else ""}', flush=True)
     # plain values only (a dispatcher may add e.g. a function to args): the checkpoint must load with weights_only
-    run_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
-    run_args.update(milestones=milestones, num_classes=num_classes, model_kwargs=model_kwargs)
+    run_args = {k: v for k, v in vars(args).items()
+                if not k.startswith('_') and isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    run_args.update(milestones=milestones, num_classes=num_classes, model_kwargs=model_kwargs, device=str(device))
     best = {'acc': best_acc, 'it': best_it}
 
     def evaluate_fn(done: int):
-        acc, loss_test = evaluate(model, test_x, test_y, norm, device, amp_dtype)
+        acc, loss_test = evaluate(model, test_x, test_y, norm, device, amp)
         print(f'test @ iter {done}: top-1 {acc:.2f}% (error {100 - acc:.2f}%), loss {loss_test:.4f}; best '
               f'{max(best["acc"], acc):.2f}% @ {done if acc > best["acc"] else best["it"]}', flush=True)
         return acc, loss_test
@@ -270,8 +388,8 @@ def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
             save_checkpoint_file(os.path.join(out_dir, 'model_best.pth.tar'), state)
 
     schedule = Schedule(args.iters, milestones, args.lr, args.eval_every, args.log_every, args.seed)
-    with _run_folder(out_dir):
-        acc, loss_test = train_loop(model, optimizer, scaler, loader, schedule, start_it, device, amp_dtype,
+    with _run_folder(out_dir, replace_earlier=args.overwrite_run and not _continues_run(args)):
+        acc, loss_test = train_loop(model, optimizer, scaler, loader, schedule, start_it, device, amp,
                                      evaluate_fn, checkpoint_fn)
         summary = {'top1': acc, 'test_loss': loss_test, 'best_top1': best['acc'], 'best_iteration': best['it'],
                    'label_noise_rate': noise_rate, 'iterations': args.iters}

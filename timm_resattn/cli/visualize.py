@@ -13,7 +13,10 @@ import torch
 from ..analysis.figures import mask_grid, response_chart
 from ..analysis.masks import MaskRecorder, ResponseRecorder, find_attention_modules
 from ..errors import CommandError
-from .common import add_model_arguments, check_output_path, model_from_args, open_image, positive_int, unit_interval
+from .common import (
+    add_model_arguments, check_model_input, device_argument, image_size_int, input_argument, model_from_args,
+    open_image, output_argument, unit_interval,
+)
 
 __all__ = ['configure', 'run']
 
@@ -29,19 +32,20 @@ def _parse_channels(text: str) -> List[int]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files (anything Pillow reads)')
+    input_argument(parser, 'images', nargs='+', metavar='IMAGE', label='IMAGE',
+                   help='image files (anything Pillow reads)')
     add_model_arguments(parser)
-    parser.add_argument('--out', required=True, metavar='OUT.png', help='where to write the mask grid')
+    output_argument(parser, '--out', required=True, metavar='OUT.png', help='where to write the mask grid')
     parser.add_argument('--channels', type=_parse_channels, default=[], metavar='C[,C...]',
                         help='also show these mask channels (e.g. 0,5,17) besides the channel mean')
-    parser.add_argument('--responses', metavar='OUT2.png',
-                        help='also write a bar chart of the mean absolute response per stage (paper Fig. 4)')
-    parser.add_argument('--img-size', type=positive_int, default=None, metavar='N',
+    output_argument(parser, '--responses', metavar='OUT2.png',
+                    help='also write a bar chart of the mean absolute response per stage (paper Fig. 4)')
+    parser.add_argument('--img-size', type=image_size_int, default=None, metavar='N',
                         help="input size N x N (default: the model's pretrained config)")
     parser.add_argument('--scale', choices=('tile', 'fixed'), default='tile',
                         help="heat map range: each tile's min..max (default) or fixed [0, 1]")
     parser.add_argument('--alpha', type=unit_interval, default=0.5, help='heat map opacity in [0, 1] (default 0.5)')
-    parser.add_argument('--device', default='cpu', help='torch device (default cpu)')
+    device_argument(parser)
 
 
 def _save(image, path: str) -> None:
@@ -53,11 +57,8 @@ def _save(image, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_path(args.out, '--out', inputs=args.images)
-    if args.responses:
-        check_output_path(args.responses, '--responses', inputs=[*args.images, args.out])
-    pil_images = [open_image(p) for p in args.images]
     model = model_from_args(args)
+    check_model_input(model, args.model, input_size=args.img_size, size_flag='--img-size', ranks_classes=False)
     try:
         find_attention_modules(model)
     except ValueError as e:
@@ -69,21 +70,15 @@ def run(args: argparse.Namespace) -> int:
             f'an untrained network are meaningless; this only shows the layout.',
             file=sys.stderr,
         )
-    try:
-        device = torch.device(args.device)
-        model = model.to(device).eval()
-    except (RuntimeError, ValueError) as e:
-        raise CommandError(f'--device {args.device!r}: {e}') from None
+    pil_images = [open_image(p) for p in args.images]
+    device = args.device  # checked by parse_device
+    model = model.to(device).eval()
 
     from timm.data import create_transform, resolve_data_config
     config_args = {'input_size': (3, args.img_size, args.img_size)} if args.img_size else {}
     config = resolve_data_config(config_args, model=model)
     transform = create_transform(**config)
     batch = torch.stack([transform(im) for im in pil_images])
-    min_size = getattr(model, 'min_input_size', 1)
-    if min(batch.shape[-2:]) < min_size:
-        raise CommandError(f'--img-size: {args.model} needs inputs of at least {min_size}x{min_size}, '
-                           f'got {tuple(batch.shape[-2:])}')
 
     with MaskRecorder(model, to_cpu=True, store_trunk=False) as masks, ResponseRecorder(model) as responses, \
             torch.no_grad():

@@ -18,13 +18,27 @@ came from).
 
 Everything random is a pure function of the seed and the iteration: the epoch's shuffle of epoch e, the crops and
 flips of iteration i, the global RNG during iteration i. A resumed run therefore continues exactly where a run
-stopped, whatever the number of data-loading workers, and two runs with the same seed on the same device match.
+stopped, whatever the number of data-loading workers, and on the CPU two runs with the same seed (and the same
+number of threads) match bit for bit.
+
+On a GPU, what stays identical for a seed is everything drawn from it: the data order, the crops and flips (made on
+the CPU by the data loader), the label noise, the initial weights (drawn on the CPU, then moved) and the seed of
+each iteration's dropout / drop-path. The arithmetic is not bit-reproducible on CUDA: cuDNN's convolution
+algorithms, the backward pass of the bilinear upsampling in every mask branch and of the cross-entropy sum in an
+order that varies between runs, so two runs (or a run and its resumed copy) differ in the last bits after the first
+step and drift apart into statistically equivalent, not identical, results. ``torch.use_deterministic_algorithms``
+can't change that here: PyTorch has no deterministic CUDA backward for bilinear ``interpolate`` or ``NLLLoss``
+and raises instead. AMP (``--amp``) adds the rounding of float16/bfloat16 on top.
+
+The host waits for the device only at log and eval points (``train_loop``): losses are summed on the device, the
+first non-finite one is recorded there and reported at the next of those points.
 
 Checkpoints use timm's ``CheckpointSaver`` layout (``state_dict``, ``arch``, ``epoch``, ``optimizer``, ``version``,
 ``args``, ``metric``; plus ``iteration``, ``normalization``, ``amp_scaler``), built in one place
 (``build_checkpoint``) and written atomically (``save_checkpoint_file``); the final weights go to a safetensors file
-in one place too (``write_final_safetensors``). A non-finite loss stops training (``TrainingDiverged``, naming the
-iteration) and a non-finite state is never written.
+in one place too (``write_final_safetensors``). A non-finite loss stops training at the next log or eval point
+(``TrainingDiverged``, naming the iteration where it first appeared) and a non-finite state is never written.
+Resuming checks the checkpoint's fields (``RESUME_FIELDS``, ``NORMALIZATION_FIELDS``) before using them.
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -39,6 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import MissingFileError, ResAttnError, WeightsError
+from ..schema import Any_, Float, Int, Schema, SchemaViolation, Str
 from ..weights import METADATA_KEY, atomic_write, read_checkpoint, check_metadata, check_state_dict, save_state_dict
 from .cifar_data import normalize, stream_seed
 
@@ -83,22 +98,15 @@ def data_normalization(model: nn.Module) -> Dict[str, object]:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
-               x: torch.Tensor, y: torch.Tensor, amp_dtype: Optional[torch.dtype], it: int) -> float:
-    """ One SGD step on ``(x, y)``; returns the loss. A non-finite loss raises ``TrainingDiverged`` before the
-    weights are touched.
+               x: torch.Tensor, y: torch.Tensor, amp_dtype: Optional[torch.dtype], it: int) -> torch.Tensor:
+    """ One SGD step on ``(x, y)``; returns the loss as a detached float32 0-dim tensor on the model's device,
+    without waiting for it (no host sync: ``train_loop`` checks it for NaN/inf at its log and eval points).
     """
     with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         loss = F.cross_entropy(model(x), y)
-    value = loss.item()
-    if not math.isfinite(value):
-        lr = optimizer.param_groups[0]['lr']
-        raise TrainingDiverged(
-            f'training diverged at iteration {it + 1}: the loss is {value} (lr {lr:g}); stopped without saving '
-            f'this state (try a smaller --lr)'
-        )
     optimizer.zero_grad(set_to_none=True)
     backward_and_step(loss, optimizer, scaler)
-    return value
+    return loss.detach().float()
 
 
 def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -119,21 +127,24 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norma
     """ (top-1 accuracy in %, mean cross-entropy) on a uint8 test set, normalised as in training, no
     augmentation. Runs in eval mode; the model is left in the mode it had on entry.
     """
+    if len(images) == 0:
+        raise ValueError('evaluate: the test set holds no images')
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct = torch.zeros((), dtype=torch.long, device=device)  # summed on the device: one host sync at the end
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     try:
         for i in range(0, len(images), batch_size):
             x = normalize(images[i:i + batch_size].to(device), normalization['mean'], normalization['std'])
             y = labels[i:i + batch_size].to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(x)
-            loss_sum += F.cross_entropy(out.float(), y, reduction='sum').item()
-            correct += (out.argmax(dim=1) == y).sum().item()
+            loss_sum += F.cross_entropy(out.float(), y, reduction='sum')
+            correct += (out.argmax(dim=1) == y).sum()
     finally:
         model.train(was_training)
-    n = max(len(images), 1)
-    return 100.0 * correct / n, loss_sum / n
+    n = len(images)
+    return 100.0 * int(correct) / n, float(loss_sum) / n
 
 
 def _check_finite(state_dict: Dict[str, torch.Tensor], iteration: int) -> None:
@@ -193,6 +204,34 @@ def write_final_safetensors(checkpoint_path: str, out_path: str) -> None:
     save_state_dict(best['state_dict'], out_path, metadata=best.get(METADATA_KEY))
 
 
+def _channel_triple(positive: bool):
+    def ok(value) -> bool:
+        if not isinstance(value, (tuple, list)) or len(value) != 3:
+            return False
+        try:
+            numbers = [Float().check(v) for v in value]
+        except SchemaViolation:  # not a finite real number
+            return False
+        return all(v > 0 for v in numbers) if positive else True
+    return Any_(ok, f'3 finite numbers{" > 0" if positive else ""}, one per channel')
+
+
+# The fields of a checkpoint of this loop that resuming reads, checked in one place (one ``WeightsError`` line).
+RESUME_FIELDS = Schema({
+    'iteration': Int(0, 10 ** 12),
+    'best_metric': Float(-1.0, 100.0),
+    'metric': Float(0.0, 100.0),
+    'best_iteration': Int(-1, 10 ** 12),
+    'arch': Str(non_empty=True),
+}, error=WeightsError, what='field')
+NORMALIZATION_FIELDS = Schema({
+    'mean': _channel_triple(positive=False),
+    'std': _channel_triple(positive=True),
+    'pixel_range': Any_(lambda v: isinstance(v, (tuple, list)) and len(v) == 2, 'a (low, high) pair'),
+    'source': Str(),
+}, error=WeightsError, what='normalization field')
+
+
 def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                            scaler: Optional[torch.amp.GradScaler], arch: str,
                            normalization: Dict[str, object]) -> Tuple[int, float, int]:
@@ -213,7 +252,8 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
     if missing:
         hint = ' (it looks like a plain state_dict)' if all(torch.is_tensor(v) for v in ckpt.values()) else ''
         raise WeightsError(f'--resume {path}: no {", ".join(repr(k) for k in missing)} entry{hint}; expected {what}')
-    saved_arch = ckpt.get('arch')
+    fields = RESUME_FIELDS.check({k: ckpt[k] for k in RESUME_FIELDS.names() if k in ckpt}, source=f'--resume {path}')
+    saved_arch = fields.get('arch')
     if saved_arch is not None and saved_arch != arch:
         raise WeightsError(f'--resume {path}: a checkpoint of {saved_arch!r}, but --model is {arch!r}')
     saved_norm = ckpt.get('normalization')
@@ -222,6 +262,8 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
             f'--resume {path}: trained with the per-pixel mean image of an older train_cifar; this version '
             f'normalises per channel with the model data config, so the run cannot continue consistently'
         )
+    saved_norm = NORMALIZATION_FIELDS.check(saved_norm, source=f'--resume {path}: normalization',
+                                            required=('mean', 'std'))
     if tuple(saved_norm['mean']) != tuple(normalization['mean']) or \
             tuple(saved_norm['std']) != tuple(normalization['std']):
         raise WeightsError(f'--resume {path}: trained with normalisation {saved_norm}, the model now gives '
@@ -232,12 +274,15 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
     model.load_state_dict(ckpt['state_dict'])
     try:
         optimizer.load_state_dict(ckpt['optimizer'])
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         raise WeightsError(f'--resume {path}: its optimizer state does not fit this model: {e}') from None
     if scaler is not None and 'amp_scaler' in ckpt:
-        scaler.load_state_dict(ckpt['amp_scaler'])
-    best_acc = float(ckpt.get('best_metric', ckpt.get('metric', -1.0)))
-    return int(ckpt['iteration']), best_acc, int(ckpt.get('best_iteration', -1))
+        try:
+            scaler.load_state_dict(ckpt['amp_scaler'])
+        except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
+            raise WeightsError(f'--resume {path}: its amp_scaler state is not a GradScaler state: {e}') from None
+    best_acc = fields.get('best_metric', fields.get('metric', -1.0))
+    return fields['iteration'], best_acc, fields.get('best_iteration', -1)
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
@@ -248,33 +293,61 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optio
     end calls ``evaluate_fn(done) -> (top-1, test loss)`` and then ``checkpoint_fn(done, top-1, test loss)``.
     Returns the last (top-1, test loss).
 
-    A non-finite training loss (before the step) or test loss (before the checkpoint) raises ``TrainingDiverged``
-    naming the iteration; the checkpoints written before it stay.
+    The host waits for the device only at log and eval points: the training losses are summed on the device, and
+    the first iteration with a non-finite loss is recorded there. At the next log or eval point that follows it,
+    a non-finite training loss raises ``TrainingDiverged`` naming that iteration, before anything is evaluated or
+    saved (the model in memory has taken the steps in between; no checkpoint of it is written); so does a
+    non-finite test loss, before the checkpoint. The checkpoints written before stay. The data loader's worker
+    processes are shut down when the loop ends, also on an error or Ctrl-C.
     """
-    loss_sum, loss_n, t0, seen = 0.0, 0, time.time(), 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    bad_it = torch.full((), -1, dtype=torch.long, device=device)  # the first iteration with a non-finite loss
+    bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+    loss_n, t0, seen = 0, time.time(), 0
     acc = loss_test = float('nan')
-    for it, (x, y) in zip(range(start_it, schedule.iters), loader):
-        lr = lr_at(it, schedule.base_lr, schedule.milestones)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        torch.manual_seed(stream_seed(schedule.seed, 3, it))  # dropout / drop-path of this iteration
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss_sum += train_step(model, optimizer, scaler, x, y, amp_dtype, it)
-        loss_n += 1
-        seen += len(x)
-        done = it + 1
-        if done % schedule.log_every == 0 or done == schedule.iters:
-            dt = time.time() - t0
-            print(f'iter {done}/{schedule.iters}  loss {loss_sum / loss_n:.4f}  lr {lr:.4g}  '
-                  f'{seen / max(dt, 1e-9):.0f} imgs/s', flush=True)
-            loss_sum, loss_n, t0, seen = 0.0, 0, time.time(), 0
-        if done % schedule.eval_every == 0 or done == schedule.iters:
-            acc, loss_test = evaluate_fn(done)
-            if not math.isfinite(loss_test):
+    batches = iter(loader)
+    try:
+        for it in range(start_it, schedule.iters):
+            x, y = next(batches)
+            lr = lr_at(it, schedule.base_lr, schedule.milestones)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            torch.manual_seed(stream_seed(schedule.seed, 3, it))  # dropout / drop-path of this iteration
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = train_step(model, optimizer, scaler, x, y, amp_dtype, it)
+            newly_bad = (bad_it < 0) & ~torch.isfinite(loss)
+            bad_it = torch.where(newly_bad, it, bad_it)
+            bad_loss = torch.where(newly_bad, loss, bad_loss)
+            loss_sum += loss
+            loss_n += 1
+            seen += len(x)
+            done = it + 1
+            log = done % schedule.log_every == 0 or done == schedule.iters
+            test = done % schedule.eval_every == 0 or done == schedule.iters
+            if not (log or test):
+                continue
+            first_bad = int(bad_it)  # the host waits for the device here, not every iteration
+            if first_bad >= 0:
                 raise TrainingDiverged(
-                    f'training diverged by iteration {done}: the test loss is {loss_test} (lr {lr:g}); stopped '
-                    f'without saving this state (try a smaller --lr)'
+                    f'training diverged at iteration {first_bad + 1}: the loss is {float(bad_loss)} (lr '
+                    f'{lr_at(first_bad, schedule.base_lr, schedule.milestones):g}); stopped without saving this '
+                    f'state (try a smaller --lr)'
                 )
-            checkpoint_fn(done, acc, loss_test)
-            t0, seen = time.time(), 0  # imgs/s counts training only
+            if log:
+                dt = time.time() - t0
+                print(f'iter {done}/{schedule.iters}  loss {float(loss_sum) / loss_n:.4f}  lr {lr:.4g}  '
+                      f'{seen / max(dt, 1e-9):.0f} imgs/s', flush=True)
+                loss_sum.zero_()
+                loss_n, t0, seen = 0, time.time(), 0
+            if test:
+                acc, loss_test = evaluate_fn(done)
+                if not math.isfinite(loss_test):
+                    raise TrainingDiverged(
+                        f'training diverged by iteration {done}: the test loss is {loss_test} (lr {lr:g}); stopped '
+                        f'without saving this state (try a smaller --lr)'
+                    )
+                checkpoint_fn(done, acc, loss_test)
+                t0, seen = time.time(), 0  # imgs/s counts training only
+    finally:
+        del batches  # the only reference: the iterator's finaliser stops and joins the worker processes now
     return acc, loss_test
