@@ -9,8 +9,9 @@ same structure, same learnable-parameter count and the same function given the s
 (``timm_resattn.convert.caffe`` maps the authors' Caffe blobs onto these modules). Where the paper and the official
 files disagree, the files win; each entrypoint's docstring says where.
 
-Beyond the paper: ``output_stride`` 8/16 for dense prediction and ``memory_efficient`` training
-(``ResidualAttentionNet`` and ``ResAttnCfg`` say what changes).
+Beyond the paper: ``output_stride`` 8/16 for dense prediction and ``memory_efficient`` training (selective
+activation checkpointing of each stage block on public torch APIs, ``layers.memory``; ``ResidualAttentionNet`` and
+``ResAttnCfg`` say what changes).
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -217,18 +218,23 @@ class ResidualAttentionNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        """ Enable or disable activation checkpointing of each stage's blocks during training. """
+        """ Enable or disable activation checkpointing of each stage's blocks during training (every block keeps
+        only its input; ``timm.models.checkpoint_seq``). While it is on, it takes precedence over
+        ``memory_efficient``, which keeps more (the convolutions' outputs): the blocks are checkpointed whole, not
+        selectively.
+        """
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def set_memory_efficient(self, enable: bool = True):
-        """ Switch the memory-lean training path (``ResAttnCfg.memory_efficient``) on or off in place.
+        """ Switch memory-lean training (``ResAttnCfg.memory_efficient``, ``layers.memory``) on or off in place.
 
-        Sets ``memory_efficient`` on every unit and mask head, and wraps (or unwraps) each max-pool in
-        ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
+        In training with grad enabled, each block of each stage then runs under a selective activation checkpoint
+        that keeps only the convolutions' outputs and recomputes BN, ReLU, sigmoid, adds and resampling in backward
+        (``MemoryLeanSequential``). Parameters, buffers, outputs and BN statistics are unchanged.
         """
         set_memory_efficient(self, enable)
-        self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
+        self.cfg = dataclasses.replace(self.cfg, memory_efficient=bool(enable))
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
