@@ -35,6 +35,7 @@ for the measured training-step cost).
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
+import contextlib
 import functools
 from typing import Any, Callable, List, Tuple
 
@@ -43,8 +44,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 __all__ = [
-    'MemoryLeanSequential', 'lean_policy', 'lean_context_fn', 'checkpoint_lean', 'set_memory_efficient',
-    'SAVED_OPS',
+    'MemoryLeanSequential', 'lean_policy', 'lean_context_fn', 'checkpoint_lean', 'checkpoint_blocks',
+    'set_memory_efficient', 'SAVED_OPS',
 ]
 
 # the ops whose outputs the selective checkpoint keeps for backward; everything else is recomputed
@@ -85,22 +86,40 @@ class _RestoreBuffers:
             self.saved = []
 
 
-def lean_context_fn(module: nn.Module) -> Tuple[Any, Any]:
-    """ ``context_fn`` of the eager selective checkpoint of ``module``: the (forward, recompute) context pair of
-    ``create_selective_checkpoint_contexts(lean_policy)``, the recompute one restoring ``module``'s buffers.
+def lean_context_fn(module: nn.Module, selective: bool = True) -> Tuple[Any, Any]:
+    """ ``context_fn`` of the eager checkpoint of ``module``: the (forward, recompute) context pair of
+    ``create_selective_checkpoint_contexts(lean_policy)`` (``selective``) or of a plain checkpoint (no contexts),
+    the recompute one restoring ``module``'s buffers.
     """
-    fwd, recompute = _selective_contexts()
+    if selective:
+        fwd, recompute = _selective_contexts()
+    else:
+        fwd, recompute = contextlib.nullcontext(), contextlib.nullcontext()
     return fwd, _RestoreBuffers(list(module.buffers()), recompute)
 
 
-def checkpoint_lean(module: Callable[..., torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """ ``module(x)`` under the selective checkpoint (keeps convolution outputs only; see the module docstring). """
+def checkpoint_lean(module: Callable[..., torch.Tensor], x: torch.Tensor, selective: bool = True) -> torch.Tensor:
+    """ ``module(x)`` under a non-reentrant activation checkpoint whose recompute leaves ``module``'s buffers (BN
+    statistics) as the forward left them: selective (keeps convolution outputs only; see the module docstring), or
+    with ``selective=False`` a plain one (keeps only ``x``).
+    """
     if torch.compiler.is_compiling():
         # dynamo takes a plain function as context_fn; functionalisation updates the buffers once
-        context_fn = _selective_contexts
-    else:
-        context_fn = functools.partial(lean_context_fn, module)
+        if selective:
+            return checkpoint(module, x, use_reentrant=False, context_fn=_selective_contexts)
+        return checkpoint(module, x, use_reentrant=False)
+    context_fn = functools.partial(lean_context_fn, module, selective)
     return checkpoint(module, x, use_reentrant=False, context_fn=context_fn)
+
+
+def checkpoint_blocks(blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ Each child of ``blocks`` (a stage) in turn under a plain activation checkpoint (``checkpoint_lean`` with
+    ``selective=False``): each block keeps only its input; BN statistics are updated once, not again in backward.
+    What ``ResidualAttentionNet.set_grad_checkpointing`` runs.
+    """
+    for block in blocks.children():
+        x = checkpoint_lean(block, x, selective=False)
+    return x
 
 
 def _is_tracing() -> bool:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 try:
     from timm.models._features import feature_take_indices  # no public name for it in timm
@@ -33,7 +33,7 @@ except ImportError:  # older timm
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
 from ..layers.attention import create_max_pool
 from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
-from ..layers.memory import set_memory_efficient
+from ..layers.memory import checkpoint_blocks, set_memory_efficient
 from ..layers.units import unit_preactivates_input
 from ..errors import ConfigError
 from ..weights import (
@@ -218,8 +218,9 @@ class ResidualAttentionNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        """ Enable or disable activation checkpointing of each stage's blocks during training (every block keeps
-        only its input; ``timm.models.checkpoint_seq``). While it is on, it takes precedence over
+        """ Enable or disable activation checkpointing of each stage's blocks during training: each block keeps
+        only its input and is recomputed whole in backward (``layers.memory.checkpoint_blocks``: non-reentrant, BN
+        statistics updated once per step, not again by the recompute). While it is on it takes precedence over
         ``memory_efficient``, which keeps more (the convolutions' outputs): the blocks are checkpointed whole, not
         selectively.
         """
@@ -288,7 +289,7 @@ class ResidualAttentionNet(nn.Module):
         feat_idx = 0
         for feat_idx, stage in enumerate(stages, start=1):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+                x = checkpoint_blocks(stage, x)
             else:
                 x = stage(x)
             if feat_idx in take_indices:
@@ -329,7 +330,7 @@ class ResidualAttentionNet(nn.Module):
         x = self.stem(x)  # its first module checks the input size
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
-                x = checkpoint_seq(stage, x)
+                x = checkpoint_blocks(stage, x)
         else:
             x = self.stages(x)
         x = self.norm(x)
