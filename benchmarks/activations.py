@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'saved_activation_bytes', 'saved_activation_breakdown', 'max_batch_for_budget', 'activation_rows',
-    'activation_markdown', 'autocast_for', 'VARIANTS', 'PRECISIONS',
+    'saved_activation_bytes', 'forward_and_saved_bytes', 'saved_activation_breakdown', 'max_batch_for_budget',
+    'activation_rows', 'activation_markdown', 'autocast_for', 'VARIANTS', 'PRECISIONS',
 ]
 
 _MIB = float(1 << 20)
@@ -64,12 +64,10 @@ def _output_bytes(out: Any) -> int:
     return total
 
 
-def saved_activation_bytes(model: nn.Module, x: torch.Tensor, precision: str = 'fp32') -> int:
-    """ Bytes a training forward of ``model(x)`` keeps for backward: allocated during the forward and still live at
-    its end, less the output (see the module docstring), with the forward under ``precision``'s autocast.
-
-    The model's mode is respected (call ``model.train()`` first for a training forward). Batch norm running stats
-    are updated by the forward as in any training step.
+def forward_and_saved_bytes(model: nn.Module, x: torch.Tensor, precision: str = 'fp32') -> Tuple[Any, int]:
+    """ ``(model(x), bytes)``: the output of one forward under ``precision``'s autocast (grad enabled) and the bytes
+    it keeps for backward (allocated during the forward and still live at its end, less the output; see the module
+    docstring). The output is returned, so the caller can run the backward of the very step it measured.
     """
     ctx = autocast_for(precision, x.device)
     if x.device.type == 'cuda':
@@ -85,9 +83,17 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, precision: str = '
             out = model(x)
         # allocations minus frees within the window (each event's own, so nothing is counted twice)
         total = sum(e.self_cpu_memory_usage for e in prof.events())
-    total -= _output_bytes(out)
-    del out
-    return int(total)
+    return out, int(total - _output_bytes(out))
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, precision: str = 'fp32') -> int:
+    """ Bytes a training forward of ``model(x)`` keeps for backward: allocated during the forward and still live at
+    its end, less the output (see the module docstring), with the forward under ``precision``'s autocast.
+
+    The model's mode is respected (call ``model.train()`` first for a training forward). Batch norm running stats
+    are updated by the forward as in any training step.
+    """
+    return forward_and_saved_bytes(model, x, precision)[1]
 
 
 def saved_activation_breakdown(model: nn.Module, x: torch.Tensor, precision: str = 'fp32') -> Dict[str, int]:

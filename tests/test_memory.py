@@ -9,14 +9,15 @@ import timm
 import torch
 
 import timm_resattn  # noqa: F401
-from benchmarks.activations import activation_markdown, max_batch_for_budget, saved_activation_bytes
+from benchmarks.activations import (
+    activation_markdown, forward_and_saved_bytes, max_batch_for_budget, saved_activation_bytes,
+)
 from helpers import narrow_kwargs, small_input_size
 from timm_resattn.errors import ConfigError
 from timm_resattn.layers import memory
 from timm_resattn.layers.memory import MemoryLeanSequential
 
 ALL_MODELS = timm.list_models(module='resattnet')
-AUTOCAST = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def _pair(name, **kwargs):
@@ -29,10 +30,6 @@ def _pair(name, **kwargs):
     return plain, lean, size
 
 
-def _autocast(precision):
-    return torch.autocast('cpu', dtype=AUTOCAST[precision], enabled=precision != 'fp32')
-
-
 def _assert_same_training_step(plain, lean, x, precision='fp32', seed=None, channels_last=False):
     """ One forward + backward of each: bit-identical outputs, equal gradients, running stats and
     ``num_batches_tracked`` (updated once, identically). Returns the bytes each forward kept for backward. """
@@ -43,13 +40,9 @@ def _assert_same_training_step(plain, lean, x, precision='fp32', seed=None, chan
     for m in (plain, lean):
         if seed is not None:
             torch.manual_seed(seed)
-        kept.append(saved_activation_bytes(m, x, precision))  # a training forward: BN stats update once
-    # then a forward + backward of each (after the measuring forward, which updated both models' stats alike)
-    for m in (plain, lean):
-        if seed is not None:
-            torch.manual_seed(seed)
-        with _autocast(precision):
-            outs.append(m(x))
+        out, nbytes = forward_and_saved_bytes(m, x, precision)
+        outs.append(out)
+        kept.append(nbytes)
     assert outs[0].dtype == outs[1].dtype
     assert torch.equal(outs[0], outs[1])  # bit-identical forward
     g = torch.randn_like(outs[0])
@@ -66,7 +59,7 @@ def _assert_same_training_step(plain, lean, x, precision='fp32', seed=None, chan
     for n, b in plain.named_buffers():
         assert torch.equal(lean_buffers[n], b), n  # running stats and num_batches_tracked: once, identically
     tracked = [int(b) for n, b in lean.named_buffers() if n.endswith('num_batches_tracked')]
-    assert tracked and all(b - b0 == 2 for b, b0 in zip(tracked, tracked0))  # two forwards, not three or four
+    assert tracked and all(b - b0 == 1 for b, b0 in zip(tracked, tracked0))  # once, not again in backward
     return kept
 
 
@@ -75,8 +68,8 @@ def _assert_same_training_step(plain, lean, x, precision='fp32', seed=None, chan
 def test_same_outputs_gradients_and_running_stats(name, precision, one_thread):
     plain, lean, size = _pair(name)
     kept_plain, kept_lean = _assert_same_training_step(plain, lean, torch.randn(2, *size), precision)
-    # the lean path really ran, and kept less (the NeXt units' post-activation BNs keep more conv outputs)
-    assert kept_lean < 0.8 * kept_plain, (kept_plain, kept_lean)
+    # the lean path really ran and kept less (0.37-0.62 of the plain bytes for these narrow nets at these sizes)
+    assert kept_lean < 0.7 * kept_plain, (kept_plain, kept_lean)
 
 
 def test_fp16_autocast_and_channels_last(one_thread):
