@@ -246,37 +246,35 @@ def test_torchscript_fx_with_the_switch_on(one_thread):
 
 
 def test_compile(one_thread):
-    """ Under torch.compile (AOT autograd, eager kernels) the selective checkpoint is traced and partitioned: the
-    compiled lean model keeps less than the plain eager model, updates the BN statistics once, and matches. """
+    """ Under torch.compile (AOT autograd's partitioner, eager kernels) the selective checkpoint is traced and
+    honoured: the compiled lean model keeps less than the compiled plain model, matches it, and updates the BN
+    statistics once (not again in backward). A small net: compiling on CPU is slow. """
     import torch._dynamo
 
-    name = 'resattnet56_cifar'
-    narrow, size = narrow_kwargs(name, one_module_per_stage=True), small_input_size(name)
     torch.manual_seed(0)
-    plain = timm.create_model(name, **narrow).train()
+    plain = timm.create_model(
+        'resattnet56_cifar', **narrow_kwargs('resattnet56_cifar'), stage_modules=(1, 0, 0)).train()
     lean = copy.deepcopy(plain)
     lean.set_memory_efficient(True)
-    x = torch.randn(2, *size)
-    kept_plain = saved_activation_bytes(plain, x)
+    x = torch.randn(2, *small_input_size('resattnet56_cifar'))
     torch._dynamo.reset()
     try:
-        compiled = torch.compile(lean, backend='aot_eager', fullgraph=True)
-        kept_lean = saved_activation_bytes(compiled, x)
-        assert kept_lean < 0.6 * kept_plain, (kept_plain, kept_lean)
-        out_plain, out_lean = plain(x), compiled(x)
-        torch.testing.assert_close(out_lean, out_plain, rtol=1e-5, atol=1e-5)
+        c_plain, c_lean = (torch.compile(m, backend='aot_eager', fullgraph=True) for m in (plain, lean))
+        out_plain, kept_plain = forward_and_saved_bytes(c_plain, x)
+        out_lean, kept_lean = forward_and_saved_bytes(c_lean, x)
+        assert kept_lean < 0.7 * kept_plain, (kept_plain, kept_lean)
+        torch.testing.assert_close(out_lean, out_plain, rtol=1e-6, atol=1e-6)
         g = torch.randn_like(out_plain)
         out_plain.backward(g)
         out_lean.backward(g)
     finally:
         torch._dynamo.reset()
     for (n, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=n: f'{n}: {m}')
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
     for (n, b), (_, c) in zip(plain.named_buffers(), lean.named_buffers()):
+        torch.testing.assert_close(c, b, rtol=1e-6, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
         if n.endswith('num_batches_tracked'):
-            assert int(c) == int(b) == 2, n  # once per forward, not again in backward
-        else:
-            torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f'{n}: {m}')
+            assert int(c) == 1, n  # once per forward, not again in backward
 
 
 def test_ddp_single_process(tmp_path, one_thread):
