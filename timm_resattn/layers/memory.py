@@ -10,25 +10,31 @@ Those are element-wise, per-channel or resampling ops: the recompute costs no co
 kernels of the forward on the very inputs, so every recomputed tensor is bit-identical. Outputs are bit-identical to
 the plain model's and gradients equal (fp32, and under autocast equal to plain autocast's).
 
-What it saves (what autograd and the checkpoint caches keep after a training forward, per image at 224; live
-bytes at the end of the forward, ``python -m benchmarks.activations ... --precision fp32|bf16``, see
-``benchmarks/results/activations_*_224``): Attention-56 157 -> 91 MiB in fp32, 111 -> 49 MiB under bf16 autocast;
-Attention-92 224 -> 122 and 165 -> 64 MiB.
+What it saves (bytes allocated in a training forward and still live at its end, autograd's saved tensors and the
+checkpoint caches alike, per image at 224, batch 2, CPU; ``python -m benchmarks.activations ... --precision
+fp32|bf16``, ``benchmarks/results/activations_{fp32,bf16}_224``): Attention-56 157 -> 91 MiB in fp32, 111 -> 49 MiB
+under bf16 autocast; Attention-92 223 -> 122 and 165 -> 64 MiB.
 
 Batch norm statistics: the recompute runs each BN again in training mode, which would update ``running_mean``,
 ``running_var`` and ``num_batches_tracked`` a second time. In eager mode the recompute context therefore snapshots
 the block's buffers before the recompute and writes them back after it (outside the selective-checkpoint dispatch
 mode, so the recompute issues exactly the forward's ops), so they are updated exactly once per step. Under
 ``torch.compile`` the graph is functionalised and the buffer updates happen once, in the compiled forward; the
-partitioner follows the same policy (saves the convolutions' outputs). Nothing here depends on the BN class
+partitioner follows the same policy (saves the convolutions' outputs). Tested with AOT autograd's eager backend on
+CPU (``backend='aot_eager'``); inductor not yet measured. Nothing here depends on the BN class
 (``timm.layers.convert_sync_batchnorm``'s ``SyncBatchNormAct`` works alike): any buffer of the block is restored.
 
 Where it engages: ``MemoryLeanSequential.forward`` in training with grad enabled, eager or compiled; each stage of a
 ``ResidualAttentionNet`` is one, so the model's ``forward``, ``forward_intermediates`` and the ``features_only``
 wrapper (which calls the stages) all take it. The plain path runs in eval mode, under ``torch.no_grad()``, in
-TorchScript, under FX symbolic tracing and under torch.export. With ``set_grad_checkpointing(True)`` the model
-checkpoints whole blocks (``timm.models.checkpoint_seq``), which keeps less than the selective policy, and that wins:
-the stages' own ``forward`` is not called, so the selective checkpoint is not nested inside.
+TorchScript, under FX symbolic tracing and under torch.export.
+
+Grad checkpointing (``ResidualAttentionNet.set_grad_checkpointing``) runs each block under a plain checkpoint that
+keeps only its input (``checkpoint_blocks``, the same buffer restore, so BN statistics are updated once there too).
+It keeps less than the selective policy and wins where both are on: the model calls the blocks through
+``checkpoint_blocks``, not through the stages' ``forward``. The ``features_only`` wrapper's own
+``set_grad_checkpointing`` is timm's (whole stages, its recompute updates BN statistics again); with
+``memory_efficient`` on as well, the selective checkpoints run nested inside it, with the same outputs and gradients.
 
 The price is compute: the backward reruns each block's non-convolution ops (see ``benchmarks/results/lean_speed_cpu``
 for the measured training-step cost).
