@@ -32,8 +32,6 @@ from timm.layers import BatchNormAct2d, LayerType, register_notrace_module
 
 from ..errors import check_choice
 
-from .memory import bn_relu_conv, use_lean_path
-
 __all__ = [
     'MaskActivation', 'MaskHead', 'EncoderDecoderMask', 'PytorchcvEncoderDecoderMask', 'LocalConvMask',
     'AttentionModule', 'interpolate_like', 'create_max_pool', 'max_pool_padded', 'MASK_ACTS', 'MASK_TYPES',
@@ -176,16 +174,8 @@ class MaskHead(nn.Module):
         self.norm2 = norm_layer(chs, act_layer=act_layer, **dd)
         self.conv2 = nn.Conv2d(chs, chs, 1, bias=False, **dd)
         self.act = MaskActivation(mask_act)
-        self.memory_efficient = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
-            if self.memory_efficient and use_lean_path(self.norm2, x):
-                if use_lean_path(self.norm1, x):  # an nn.Identity norm1 (post-activated input) takes the else
-                    x = bn_relu_conv(self.norm1, [self.conv1], x)[0]
-                else:
-                    x = self.conv1(self.norm1(x))
-                return self.act(bn_relu_conv(self.norm2, [self.conv2], x)[0])
         x = self.conv1(self.norm1(x))
         x = self.conv2(self.norm2(x))
         return self.act(x)

@@ -18,7 +18,7 @@ stage's own. The default 1 builds the official layout; parameter shapes never de
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -26,8 +26,6 @@ import torch.nn as nn
 from timm.layers import BatchNormAct2d, DropPath, LayerType, get_act_layer
 
 from ..errors import check_choice
-
-from .memory import bn_relu_conv, use_lean_path
 
 __all__ = [
     'ResidualUnit', 'UnitSpec', 'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit',
@@ -107,7 +105,6 @@ class ResidualUnit(nn.Module):
             dd={'device': device, 'dtype': dtype},
         ))
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.memory_efficient = False
 
     def _build(self, s: UnitSpec) -> None:
         raise NotImplementedError
@@ -136,8 +133,7 @@ class PreActUnit(ResidualUnit):
         out = residual(a) + conv1x1(a, stride)              # downsample: reads the pre-activated input, no BN
 
     Subclasses build their layers in ``_build_residual`` (between ``norm1`` and ``downsample``, the official
-    parameter order) and implement ``residual`` (and ``_forward_lean``, the same computation through
-    ``layers.memory.bn_relu_conv``, used in training when ``memory_efficient`` is set).
+    parameter order) and implement ``residual``.
     """
 
     def _build(self, s: UnitSpec) -> None:
@@ -154,18 +150,7 @@ class PreActUnit(ResidualUnit):
     def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.jit.unused
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @torch.jit.ignore
-    def _input_convs(self, first: List[nn.Module]) -> List[nn.Module]:
-        return first + [self.downsample] if self.downsample is not None else first
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
-            if self.memory_efficient and use_lean_path(self.norm1, x):
-                return self._forward_lean(x)
         x_preact = self.norm1(x)
         shortcut = x
         if self.downsample is not None:
@@ -198,13 +183,6 @@ class PreActBottleneck(PreActUnit):
         x = self.conv1(x_preact)
         x = self.conv2(self.norm2(x))
         return self.conv3(self.norm3(x))
-
-    @torch.jit.unused
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        outs = bn_relu_conv(self.norm1, self._input_convs([self.conv1]), x)
-        y = bn_relu_conv(self.norm2, [self.conv2], outs[0])[0]
-        y = bn_relu_conv(self.norm3, [self.conv3], y)[0]
-        return self.drop_path(y) + (outs[1] if self.downsample is not None else x)
 
 
 class NeXtBottleneck(ResidualUnit):
@@ -242,11 +220,6 @@ class NeXtBottleneck(ResidualUnit):
         if self.downsample is not None:
             shortcut = self.downsample(x)
         x = self.conv1(x)
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
-            if self.memory_efficient and use_lean_path(self.norm1, x):
-                x = bn_relu_conv(self.norm1, [self.conv2], x)[0]
-                x = self.norm3(bn_relu_conv(self.norm2, [self.conv3], x)[0])
-                return self.act(self.drop_path(x) + shortcut)
         x = self.conv2(self.norm1(x))
         x = self.norm3(self.conv3(self.norm2(x)))
         return self.act(self.drop_path(x) + shortcut)
@@ -295,16 +268,6 @@ class PreActInceptionUnit(PreActUnit):
     def residual(self, x_preact: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.branch0(x_preact), self.branch1(x_preact), self.branch2(x_preact)], dim=1)
         return self.conv_merge(self.norm2(x))
-
-    @torch.jit.unused
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        # branch order reversed: the input gradient then sums in the order autograd's plain backward sums it
-        outs = bn_relu_conv(self.norm1, self._input_convs([self.branch2[0], self.branch1[0], self.branch0]), x)
-        b1 = bn_relu_conv(self.branch1[1], [self.branch1[2]], outs[1])[0]
-        b2 = bn_relu_conv(self.branch2[1], [self.branch2[2]], outs[0])[0]
-        b2 = bn_relu_conv(self.branch2[3], [self.branch2[4]], b2)[0]
-        y = bn_relu_conv(self.norm2, [self.conv_merge], torch.cat([outs[2], b1, b2], dim=1))[0]
-        return self.drop_path(y) + (outs[3] if self.downsample is not None else x)
 
 
 _UNITS: Dict[str, Callable[..., nn.Module]] = {}

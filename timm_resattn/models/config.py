@@ -164,14 +164,20 @@ class ResAttnCfg:
             ``'torch'`` (padding 1, floor mode; pytorchcv).
         conv_init: Conv weight init for training from scratch: ``'kaiming_normal_fan_out'`` (timm's ResNet
             convention) or ``'kaiming_uniform_fan_in'`` (pytorchcv's ``nn.init.kaiming_uniform_``).
-        memory_efficient: Keep fewer tensors for backward in training (``layers.memory``): each BN-ReLU-conv keeps
-            only BN's input and recomputes the ReLU output in backward, the max-pools keep a uint8 argmax. Same
-            outputs (bit-identical), same gradients (up to fp32 summation order), same running stats; eval,
-            no-grad, TorchScript, FX, ``torch.compile`` and autocast take the plain path. Not part of the paper.
-            Saved activations at 224 (fp32, per image): Attention-56 157 -> 81 MiB, Attention-92 224 -> 115 MiB
-            (``benchmarks/activations.py``). Off by default: the backward recomputes every BN-ReLU, and a training
-            step measured 1.05-1.18x the plain step's time on a 2-core CPU (``benchmarks/results/lean_speed_cpu``),
-            over the 5% allowed for a default.
+        memory_efficient: Keep fewer tensors for backward in training (``layers.memory``): each block of each stage
+            runs under a selective activation checkpoint (public ``torch.utils.checkpoint`` APIs) that keeps the
+            convolutions' outputs and recomputes BN, ReLU, sigmoid, adds and resampling in backward. Same outputs
+            (bit-identical), same gradients (equal to plain autocast's under AMP), BN statistics updated once; works
+            in fp32 and under bf16/fp16 autocast, eager and under ``torch.compile``, with SyncBN, channels_last,
+            drop_path, ``features_only`` and DDP (tested in one process); eval, no-grad, TorchScript, FX and
+            torch.export run the plain path; ``set_grad_checkpointing`` (whole blocks, keeps less) takes precedence.
+            Not part of the paper.
+            Kept for backward per image at 224 (``python -m benchmarks.activations``, CPU, batch 2): Attention-56
+            157 -> 91 MiB in fp32, 111 -> 49 MiB under bf16 autocast; Attention-92 223 -> 122 and 165 -> 64 MiB
+            (``benchmarks/results/activations_{fp32,bf16}_224``). Off by default: the backward reruns each block's
+            non-convolution ops; a training step measured 1.03-1.23x the plain step's time (resattnet56, batch 16
+            at 160, 2 threads, median per-repeat ratios of three runs on a heavily loaded 2-core CPU:
+            ``benchmarks/results/lean_speed_cpu``), not shown to be within the 5% allowed for a default.
     """
     unit: str = 'preact'
     stem_type: Literal['imagenet', 'cifar'] = 'imagenet'

@@ -9,8 +9,9 @@ same structure, same learnable-parameter count and the same function given the s
 (``timm_resattn.convert.caffe`` maps the authors' Caffe blobs onto these modules). Where the paper and the official
 files disagree, the files win; each entrypoint's docstring says where.
 
-Beyond the paper: ``output_stride`` 8/16 for dense prediction and ``memory_efficient`` training
-(``ResidualAttentionNet`` and ``ResAttnCfg`` say what changes).
+Beyond the paper: ``output_stride`` 8/16 for dense prediction and ``memory_efficient`` training (selective
+activation checkpointing of each stage block on public torch APIs, ``layers.memory``; ``ResidualAttentionNet`` and
+``ResAttnCfg`` say what changes).
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 try:
     from timm.models._features import feature_take_indices  # no public name for it in timm
@@ -32,7 +33,7 @@ except ImportError:  # older timm
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
 from ..layers.attention import create_max_pool
 from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
-from ..layers.memory import set_memory_efficient
+from ..layers.memory import checkpoint_blocks, set_memory_efficient
 from ..layers.units import unit_preactivates_input
 from ..errors import ConfigError
 from ..weights import (
@@ -234,20 +235,26 @@ class ResidualAttentionNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        """ Enable or disable activation checkpointing of each stage's blocks during training. """
+        """ Enable or disable activation checkpointing of each stage's blocks during training: each block keeps
+        only its input and is recomputed whole in backward (``layers.memory.checkpoint_blocks``: non-reentrant, BN
+        statistics updated once per step, not again by the recompute). While it is on it takes precedence over
+        ``memory_efficient``, which keeps more (the convolutions' outputs): the blocks are checkpointed whole, not
+        selectively.
+        """
         enable = _SWITCH.check_value('enable', enable)
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def set_memory_efficient(self, enable: bool = True):
-        """ Switch the memory-lean training path (``ResAttnCfg.memory_efficient``) on or off in place.
+        """ Switch memory-lean training (``ResAttnCfg.memory_efficient``, ``layers.memory``) on or off in place.
 
-        Sets ``memory_efficient`` on every unit and mask head, and wraps (or unwraps) each max-pool in
-        ``LeanMaxPool2d``. Parameters, buffers and outputs are unchanged.
+        In training with grad enabled, each block of each stage then runs under a selective activation checkpoint
+        that keeps only the convolutions' outputs and recomputes BN, ReLU, sigmoid, adds and resampling in backward
+        (``MemoryLeanSequential``). Parameters, buffers, outputs and BN statistics are unchanged.
         """
         enable = _SWITCH.check_value('enable', enable)
         set_memory_efficient(self, enable)
-        self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
+        self.cfg = dataclasses.replace(self.cfg, memory_efficient=bool(enable))
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -306,7 +313,7 @@ class ResidualAttentionNet(nn.Module):
         feat_idx = 0
         for feat_idx, stage in enumerate(stages, start=1):
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+                x = checkpoint_blocks(stage, x)
             else:
                 x = stage(x)
             if feat_idx in take_indices:
@@ -347,7 +354,7 @@ class ResidualAttentionNet(nn.Module):
         x = self.stem(x)  # its first module checks the input size
         if self.grad_checkpointing and not torch.jit.is_scripting():
             for stage in self.stages:
-                x = checkpoint_seq(stage, x)
+                x = checkpoint_blocks(stage, x)
         else:
             x = self.stages(x)
         x = self.norm(x)

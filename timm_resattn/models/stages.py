@@ -1,9 +1,9 @@
 """ How a ``ResAttnCfg`` becomes the stages of a Residual Attention Network.
 
-Each stage is an ``nn.Sequential`` of ``stage_units`` plain residual units (the first one changes width and
-stride), ``stage_modules`` Attention Modules and ``stage_tail_units`` plain units. This module owns the per-block
-bookkeeping: the stride and dilation of each stage (``ResAttnCfg.stride_schedule``), the linear drop-path rate over
-the trunk's blocks (mask-branch units never drop) and each stage's ``feature_info``.
+Each stage is an ``nn.Sequential`` (``layers.memory.MemoryLeanSequential``) of ``stage_units`` plain residual units
+(the first one changes width and stride), ``stage_modules`` Attention Modules and ``stage_tail_units`` plain units.
+This module owns the per-block bookkeeping: the stride and dilation of each stage (``ResAttnCfg.stride_schedule``),
+the linear drop-path rate over the trunk's blocks (mask-branch units never drop) and each stage's ``feature_info``.
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -14,6 +14,7 @@ import torch.nn as nn
 from timm.layers import LayerType
 
 from ..layers.attention import AttentionModule, EncoderDecoderMask, LocalConvMask, MaskHead, PytorchcvEncoderDecoderMask
+from ..layers.memory import MemoryLeanSequential
 from ..layers.units import create_unit, dilation_kwargs, unit_preactivates_input
 from .config import ResAttnCfg
 
@@ -78,7 +79,8 @@ def create_stages(
     """ Build the stages of ``cfg`` on a stem with ``in_chs`` output channels.
 
     Returns:
-        ``(stages, feature_info)``: an ``nn.Sequential`` of one ``nn.Sequential`` per stage, and one
+        ``(stages, feature_info)``: an ``nn.Sequential`` of one ``MemoryLeanSequential`` per stage (an
+        ``nn.Sequential`` that checkpoints its blocks selectively where ``memory_efficient`` is on), and one
         ``feature_info`` entry per stage (``module='stages.<i>'``).
     """
     unit_kwargs = dict(
@@ -112,6 +114,6 @@ def create_stages(
             blocks.append(create_unit(
                 cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **dil_kwargs, **unit_kwargs))
             block_idx += 1
-        stages.append(nn.Sequential(*blocks))
+        stages.append(MemoryLeanSequential(*blocks))
         feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_idx}'))
     return nn.Sequential(*stages), feature_info
