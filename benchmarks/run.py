@@ -22,7 +22,6 @@ Hacked together by the timm-resattn authors, Apache-2.0.
 """
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import statistics
@@ -322,13 +321,9 @@ def time_blocks(
     return times, cpu
 
 
-def _saved_activations(names: Sequence[str], ours: Sequence[str], args: argparse.Namespace) -> Tuple[list, str]:
-    """ ``activations.activation_rows`` in the run's precision, and a note when the table was left out. """
-    if 'precision' in inspect.signature(activation_rows).parameters:
-        return activation_rows(names, ours, args.img_size, args.memory_budget_gib, precision=args.precision), ''
-    if args.precision != 'fp32':  # an activations.py that counts fp32 only: no fp32 column beside bf16 numbers
-        return [], f'saved activations left out: counted in fp32 only, the run is {args.precision}'
-    return activation_rows(names, ours, args.img_size, args.memory_budget_gib), ''
+def _saved_activations(names: Sequence[str], ours: Sequence[str], args: argparse.Namespace) -> list:
+    """ ``activations.activation_rows`` in the run's precision (the table's column says which). """
+    return activation_rows(names, ours, args.img_size, args.memory_budget_gib, precision=args.precision)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -418,9 +413,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     notes: List[str] = []
     if not args.no_activations:
         print('saved activations ...', file=sys.stderr, flush=True)
-        activations, note = _saved_activations(names, ours, args)
-        if note:
-            notes.append(note)
+        activations = _saved_activations(names, ours, args)
     saved_plain = {r['model']: r['saved_mib_per_img'] for r in activations if r['variant'] == 'plain'}
 
     rows: List[Dict[str, Any]] = []
