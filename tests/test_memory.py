@@ -272,8 +272,8 @@ def test_compile(one_thread):
         c_plain, c_lean = (torch.compile(m, backend='aot_eager', fullgraph=True) for m in (plain, lean))
         out_plain, kept_plain = forward_and_saved_bytes(c_plain, x)
         out_lean, kept_lean = forward_and_saved_bytes(c_lean, x)
-        # the first call compiles too, and what compilation leaves allocated varies with what ran before (0.72 in one
-        # measured); the old gated design kept the plain bytes (1.0) here
+        # the first call compiles too, and what compilation leaves allocated varies with what ran before (0.72 in a
+        # full-suite run); the old gated design kept the plain bytes (1.0) here
         assert kept_lean < 0.8 * kept_plain, (kept_plain, kept_lean)
         torch.testing.assert_close(out_lean, out_plain, rtol=1e-6, atol=1e-6)
         g = torch.randn_like(out_plain)
