@@ -197,10 +197,10 @@ def test_one_description_of_every_argument():
     assert set(MODEL_ARGS.names()) == set(params) | {f.name for f in fields(ResAttnCfg)}
 
 
-def test_unit_choices_follow_the_registry(monkeypatch):
+def test_unit_choices_follow_the_unit_types(monkeypatch):
     from timm_resattn.layers import units
     from timm_resattn.models.config import MODEL_ARGS
-    monkeypatch.setattr(units, '_UNITS', dict(units._UNITS, other=units._UNITS['preact']))
+    monkeypatch.setitem(units.UNIT_TYPES, 'other', units.PreActBottleneck)
     assert MODEL_ARGS.check_value('unit', 'other') == 'other'
     with pytest.raises(ConfigError, match="'other'"):  # the message lists the registered units
         MODEL_ARGS.check_value('unit', 'missing')

@@ -214,10 +214,10 @@ def test_switches_through_train_py_model_kwargs():
 
 
 def test_a_new_unit_type_plugs_in(monkeypatch):
-    """ The extension point CONTRIBUTING names: a ``ResidualUnit`` subclass implementing ``_build``, registered with
-    ``register_unit``, builds every place a unit goes (stage entry, trunk, mask, tail) with the config's widths. """
+    """ The extension point CONTRIBUTING names: a ``ResidualUnit`` subclass implementing ``_build``, added to
+    ``UNIT_TYPES``, builds every place a unit goes (stage entry, trunk, mask, tail) with the config's widths. """
     from timm_resattn.layers import units
-    from timm_resattn.layers.units import ResidualUnit, UnitSpec, register_unit
+    from timm_resattn.layers.units import ResidualUnit, UnitSpec
 
     class PreActPlainUnit(units.PreActUnit):  # one pre-activated 3x3 conv (ResNet's basic path, shortened)
         def _build_residual(self, s: UnitSpec) -> None:
@@ -227,9 +227,8 @@ def test_a_new_unit_type_plugs_in(monkeypatch):
             return self.conv(x_preact)
 
     assert issubclass(PreActPlainUnit, ResidualUnit)
-    monkeypatch.setattr(units, '_UNITS', dict(units._UNITS))  # register into copies, restored after the test
-    monkeypatch.setattr(units, '_PREACT_UNITS', set(units._PREACT_UNITS))
-    register_unit('plain_test', PreActPlainUnit, preactivates_input=True)
+    assert PreActPlainUnit.preactivates_input
+    monkeypatch.setitem(units.UNIT_TYPES, 'plain_test', PreActPlainUnit)  # removed again after the test
 
     model = timm.create_model('resattnet56_cifar', unit='plain_test', stage_modules=(1, 0, 0)).eval()
     kinds = {type(m) for m in model.modules() if isinstance(m, ResidualUnit)}

@@ -2,9 +2,9 @@
 from .attention import (
     AttentionModule, EncoderDecoderMask, LocalConvMask, MaskActivation, MaskHead, interpolate_like,
 )
-from .units import NeXtBottleneck, PreActBottleneck, PreActInceptionUnit, ResidualUnit, create_unit, register_unit
+from .units import UNIT_TYPES, NeXtBottleneck, PreActBottleneck, PreActInceptionUnit, ResidualUnit, get_unit_type
 
 __all__ = [
     'AttentionModule', 'EncoderDecoderMask', 'LocalConvMask', 'MaskActivation', 'MaskHead', 'interpolate_like',
-    'NeXtBottleneck', 'PreActBottleneck', 'PreActInceptionUnit', 'ResidualUnit', 'create_unit', 'register_unit',
+    'NeXtBottleneck', 'PreActBottleneck', 'PreActInceptionUnit', 'ResidualUnit', 'UNIT_TYPES', 'get_unit_type',
 ]

@@ -18,7 +18,7 @@ stage's own. The default 1 builds the official layout; parameter shapes never de
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -29,8 +29,7 @@ from ..errors import check_choice
 
 __all__ = [
     'ResidualUnit', 'UnitSpec', 'PreActUnit', 'PreActBottleneck', 'NeXtBottleneck', 'PreActInceptionUnit',
-    'bottleneck_layers', 'register_unit', 'create_unit', 'unit_preactivates_input', 'registered_units',
-    'dilation_kwargs',
+    'bottleneck_layers', 'UNIT_TYPES', 'get_unit_type', 'dilation_kwargs',
 ]
 
 
@@ -54,7 +53,7 @@ class UnitSpec:
 
 
 class ResidualUnit(nn.Module):
-    """ Base of every residual unit: the one constructor signature ``create_unit`` calls, and drop-path.
+    """ Base of every residual unit: the one constructor signature every unit type has (``UNIT_TYPES``), and drop-path.
 
     ``bottle_ratio`` and ``groups`` default to the unit type's official values (``default_bottle_ratio``,
     ``default_groups``). ``first_dilation`` (default: ``dilation``) dilates the unit's 3x3 convs, see the module
@@ -75,6 +74,9 @@ class ResidualUnit(nn.Module):
     """
     default_bottle_ratio: float = 0.25
     default_groups: int = 1
+    # True if the unit applies its own BN-ReLU to its input, so that its output is a raw sum and whoever consumes it
+    # next (the mask head) must normalise it first
+    preactivates_input: bool = False
 
     def __init__(
             self,
@@ -135,6 +137,7 @@ class PreActUnit(ResidualUnit):
     Subclasses build their layers in ``_build_residual`` (between ``norm1`` and ``downsample``, the official
     parameter order) and implement ``residual``.
     """
+    preactivates_input = True
 
     def _build(self, s: UnitSpec) -> None:
         self.norm1 = s.norm_layer(s.in_chs, act_layer=s.act_layer, **s.dd)
@@ -270,27 +273,6 @@ class PreActInceptionUnit(PreActUnit):
         return self.conv_merge(self.norm2(x))
 
 
-_UNITS: Dict[str, Callable[..., nn.Module]] = {}
-_PREACT_UNITS = set()
-
-
-def register_unit(name: str, fn: Callable[..., nn.Module], preactivates_input: bool) -> None:
-    """ Register a residual unit type for ``ResAttnCfg.unit``.
-
-    Args:
-        name: Name used in the arch config.
-        fn: Constructor taking ``(in_chs, out_chs, stride=, bottle_ratio=, groups=, act_layer=, norm_layer=,
-            drop_path_rate=, device=, dtype=)``, and ``dilation=`` / ``first_dilation=`` for nets built with
-            ``output_stride`` 8 or 16 (passed only where a unit is dilated, so units without them still build
-            the stride-32 nets). A subclass of ``ResidualUnit`` has that signature and only implements ``_build``.
-        preactivates_input: True if the unit applies its own BN-ReLU to its input (pre-activation), so that its
-            output is a raw sum and whoever consumes it next (e.g. the mask head) must normalise it first.
-    """
-    _UNITS[name] = fn
-    if preactivates_input:
-        _PREACT_UNITS.add(name)
-
-
 def dilation_kwargs(first_dilation: int, dilation: int) -> Dict[str, int]:
     """ Unit kwargs for a dilated unit; none for an undilated one (so units without these arguments still build). """
     if first_dilation == 1 and dilation == 1:
@@ -298,20 +280,16 @@ def dilation_kwargs(first_dilation: int, dilation: int) -> Dict[str, int]:
     return {'dilation': dilation, 'first_dilation': first_dilation}
 
 
-def registered_units() -> Tuple[str, ...]:
-    """ Names ``ResAttnCfg.unit`` accepts. """
-    return tuple(sorted(_UNITS))
+# ``ResAttnCfg.unit`` -> unit type. A new unit type is a ``ResidualUnit`` subclass (it implements ``_build`` and
+# says whether it pre-activates its input) added here.
+UNIT_TYPES: Dict[str, Type[ResidualUnit]] = {
+    'preact': PreActBottleneck,
+    'next': NeXtBottleneck,
+    'inception': PreActInceptionUnit,
+}
 
 
-def unit_preactivates_input(name: str) -> bool:
-    return name in _PREACT_UNITS
-
-
-def create_unit(name: str, in_chs: int, out_chs: int, **kwargs) -> nn.Module:
-    check_choice('unit', name, registered_units())
-    return _UNITS[name](in_chs, out_chs, **kwargs)
-
-
-register_unit('preact', PreActBottleneck, preactivates_input=True)
-register_unit('next', NeXtBottleneck, preactivates_input=False)
-register_unit('inception', PreActInceptionUnit, preactivates_input=True)
+def get_unit_type(name: str) -> Type[ResidualUnit]:
+    """ The unit type ``ResAttnCfg.unit`` names (a ``ConfigError`` listing the known names otherwise). """
+    check_choice('unit', name, tuple(UNIT_TYPES))
+    return UNIT_TYPES[name]

@@ -17,7 +17,7 @@ from timm.layers import get_act_layer
 
 from ..errors import ConfigError
 from ..layers.attention import MASK_ACTS, MASK_TYPES, MASK_WIRINGS, MAX_POOLS
-from ..layers.units import registered_units
+from ..layers.units import UNIT_TYPES
 from ..schema import Any_, Bool, Choice, Float, Int, IntTuple, Nullable, Schema
 
 __all__ = ['ResAttnCfg', 'OUTPUT_STRIDES', 'POOL_TYPES', 'MODEL_ARGS', 'CONSTRUCTOR_ARGS', 'check_model_args']
@@ -30,8 +30,6 @@ OUTPUT_STRIDES = (8, 16, 32)
 # H and W). Lower case only: timm lower-cases the name to pick the pool but not to count 'catavgmax''s features.
 _POOLS = ('avg', 'max', 'avgmax', 'catavgmax')
 POOL_TYPES = ('',) + _POOLS + ('fast',) + tuple(f'fast{p}' for p in _POOLS)
-# where the residual unit types come from (read at each check: ``layers.units.register_unit`` adds to them)
-UNIT_TYPES = registered_units
 
 
 def _pool_out(size: int, mode: str = 'caffe') -> int:
@@ -78,7 +76,7 @@ def _is_dtype(value: Any) -> bool:
 # values against it (Python, ``timm.create_model``, ``torch.hub``, ``--model-kwargs``); cross-field rules (lengths per
 # stage, widths vs groups, mask levels vs mask type, the minimum input size) stay in ``ResAttnCfg.validate``.
 _CFG_SPECS = dict(
-    unit=Choice(UNIT_TYPES),
+    unit=Choice(lambda: tuple(UNIT_TYPES)),  # read at each check: a unit type added to UNIT_TYPES counts
     stem_type=Choice(STEM_TYPES),
     stem_chs=Int(1),
     stage_chs=IntTuple(1, per='stage'),

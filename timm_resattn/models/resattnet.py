@@ -34,7 +34,7 @@ from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state
 from ..layers.attention import create_max_pool
 from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
 from ..layers.memory import checkpoint_blocks, set_memory_efficient
-from ..layers.units import unit_preactivates_input
+from ..layers.units import get_unit_type
 from ..errors import ConfigError
 from ..weights import (
     ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs, unwrap_state_dict,
@@ -145,7 +145,7 @@ class ResidualAttentionNet(nn.Module):
         self.grad_checkpointing = False
         act_layer = get_act_layer(act_layer)
         norm_layer = BatchNormAct2d
-        preact = unit_preactivates_input(cfg.unit)
+        preact = get_unit_type(cfg.unit).preactivates_input
         self.output_stride = output_stride  # None: the net's own (recorded by the Hub export)
         self.min_input_size = cfg.min_input_size(output_stride)
 

@@ -15,7 +15,7 @@ from timm.layers import LayerType
 
 from ..layers.attention import AttentionModule, EncoderDecoderMask, LocalConvMask, MaskHead, PytorchcvEncoderDecoderMask
 from ..layers.memory import MemoryLeanSequential
-from ..layers.units import create_unit, dilation_kwargs, unit_preactivates_input
+from ..layers.units import dilation_kwargs, get_unit_type
 from .config import ResAttnCfg
 
 __all__ = ['create_stages', 'create_attention_module']
@@ -36,17 +36,18 @@ def create_attention_module(
     its undilated units and pooling levels and so runs as it would at a larger input.
     """
     trunk_dil_kwargs = dilation_kwargs(dilation, dilation)
+    unit_type = get_unit_type(cfg.unit)
 
     def trunk_unit():
-        return create_unit(cfg.unit, chs, chs, drop_path_rate=drop_path_rate, **trunk_dil_kwargs, **unit_kwargs)
+        return unit_type(chs, chs, drop_path_rate=drop_path_rate, **trunk_dil_kwargs, **unit_kwargs)
 
     def mask_unit():
-        return create_unit(cfg.unit, chs, chs, **unit_kwargs)
+        return unit_type(chs, chs, **unit_kwargs)
 
     def mask_head():
         return MaskHead(
             chs,
-            preact=unit_preactivates_input(cfg.unit),
+            preact=unit_type.preactivates_input,
             mask_act=cfg.mask_act,
             act_layer=unit_kwargs['act_layer'],
             device=unit_kwargs['device'],
@@ -83,6 +84,7 @@ def create_stages(
         ``nn.Sequential`` that checkpoints its blocks selectively where ``memory_efficient`` is on), and one
         ``feature_info`` entry per stage (``module='stages.<i>'``).
     """
+    unit_type = get_unit_type(cfg.unit)
     unit_kwargs = dict(
         bottle_ratio=cfg.bottle_ratio, groups=cfg.groups, act_layer=act_layer, device=device, dtype=dtype)
     num_blocks = sum(cfg.blocks_per_stage())
@@ -95,8 +97,7 @@ def create_stages(
         dil_kwargs = dilation_kwargs(dilation, dilation)
         blocks = []
         for unit_idx in range(cfg.stage_units[stage_idx]):
-            blocks.append(create_unit(
-                cfg.unit,
+            blocks.append(unit_type(
                 prev_chs,
                 out_chs,
                 stride=stride if unit_idx == 0 else 1,
@@ -111,8 +112,8 @@ def create_stages(
                 cfg, stage_idx, out_chs, dpr[block_idx], unit_kwargs, dilation=dilation))
             block_idx += 1
         for _ in range(cfg.tail_units(stage_idx)):
-            blocks.append(create_unit(
-                cfg.unit, out_chs, out_chs, drop_path_rate=dpr[block_idx], **dil_kwargs, **unit_kwargs))
+            blocks.append(unit_type(
+                out_chs, out_chs, drop_path_rate=dpr[block_idx], **dil_kwargs, **unit_kwargs))
             block_idx += 1
         stages.append(MemoryLeanSequential(*blocks))
         feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_idx}'))
