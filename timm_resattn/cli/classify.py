@@ -27,7 +27,7 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
     """ Print the top-``topk`` classes of ``image``; user errors raise ``ResAttnError``s. """
     from timm.data import create_transform, resolve_data_config
 
-    img = open_image(image)  # errors name it IMAGE (the positional argument; --image in the old form)
+    img = open_image(image)  # errors name it IMAGE (the positional argument)
     model = create_model(model_name, pretrained, checkpoint, model_kwargs).eval()
     if not pretrained and not checkpoint:
         print('warning: no --pretrained or --checkpoint given: this is a randomly initialised network, '
@@ -46,11 +46,8 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
     return 0
 
 
-def configure(parser: argparse.ArgumentParser, image_flag: bool = False) -> None:
-    if image_flag:  # the legacy `python -m timm_resattn --image F` form
-        parser.add_argument('--image', required=True, help='the image file to classify')
-    else:
-        parser.add_argument('image', metavar='IMAGE', help='the image file to classify')
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('image', metavar='IMAGE', help='the image file to classify')
     add_model_arguments(parser, default='resattnet56')
     parser.add_argument('--topk', type=positive_int, default=5, help='how many classes to print (default 5)')
 

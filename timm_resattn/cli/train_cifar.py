@@ -1,6 +1,6 @@
 """ ``train-cifar``: train a Residual Attention Network on CIFAR-10/100 with the recipe of the paper (§4.1).
 
-    python -m timm_resattn.train_cifar --dataset cifar10 --data-dir data/ --download --model resattnet92_cifar
+    timm-resattn train-cifar --dataset cifar10 --data-dir data/ --download --model resattnet92_cifar
 
 Every default is the paper's (see ``timm_resattn.train.loop``): Nesterov SGD, momentum 0.9, weight decay 1e-4,
 batch 64, lr 0.1 divided by 10 at 64k and 96k of 160k iterations; pad-4 random crops and flips.

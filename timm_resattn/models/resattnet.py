@@ -31,7 +31,7 @@ except ImportError:  # older timm
 
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
 from ..layers.attention import create_max_pool
-from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
+from ..layers.input_size import InputSizeCheck
 from ..layers.memory import set_memory_efficient
 from ..layers.units import unit_preactivates_input
 from ..errors import ConfigError
@@ -41,7 +41,7 @@ from ..weights import (
 from .config import ResAttnCfg
 from .stages import create_stages
 
-__all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
+__all__ = ['ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
 
 # the nets of the authors' Caffe deploy files (timm_resattn.convert.caffe converts their weights)
 CAFFE_NETS = ('resattnet56', 'resattnet92', 'resattnext56', 'resattnext92')
