@@ -24,10 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-try:
-    from timm.models._features import feature_take_indices  # no public name for it in timm
-except ImportError:  # older timm
-    from timm.layers import feature_take_indices
+from timm.models._features import feature_take_indices  # no public name for it in timm
 
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
 from ..layers.attention import create_max_pool
