@@ -96,7 +96,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='CUDA fp32: TF32 in convolutions and matmuls on/off, or torch\'s defaults (recorded either '
                         'way)')
     p.add_argument('--fuse-bn', action='store_true',
-                   help='inference: fold each BN that follows a conv into it (timm_resattn.fuse.fuse_bn), peers too')
+                   help='inference: fold each BN that follows a conv into it '
+                        '(timm_resattn.analysis.fuse.fuse_bn), peers too')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s choice)')
     p.add_argument('--repeats', type=int, default=5, help='timed repeats per model and mode (median reported)')
     p.add_argument('--warmup', type=int, default=2, help='untimed steps per model and mode before the repeats')

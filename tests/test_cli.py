@@ -1,4 +1,4 @@
-""" ``python -m timm_resattn``: the model table and single-image classification. """
+""" ``timm-resattn list`` and ``timm-resattn classify``: the model table and single-image classification. """
 import subprocess
 import sys
 
@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import timm
-from timm_resattn.__main__ import main
+from timm_resattn.cli import main
 from timm_resattn.analysis.summary import model_summary
 
 
@@ -22,14 +22,14 @@ def test_model_summary_counts():
 
 
 def test_list_table(capsys):
-    assert main(['--filter', 'resattnet[59]?_cifar']) == 0  # two small nets: the table lists exactly what matches
+    assert main(['list', '--filter', 'resattnet[59]?_cifar']) == 0  # two small nets: the table lists what matches
     out = capsys.readouterr().out
     names = timm.list_models('resattnet[59]?_cifar', module='resattnet')
     assert names == ['resattnet56_cifar', 'resattnet92_cifar']
     listed = [line.split()[0] for line in out.splitlines()[2:] if line.startswith('resatt')]
     assert listed == names
     assert '1,798,426' in out and 'none (architecture only)' in out
-    assert main(['--filter', 'nothing*']) == 2
+    assert main(['list', '--filter', 'nothing*']) == 2
 
 
 @pytest.fixture(scope='module')
@@ -45,25 +45,25 @@ def image_and_checkpoint(tmp_path_factory):
 
 def test_classify_with_checkpoint(image_and_checkpoint, capsys):
     img, ckpt = image_and_checkpoint
-    assert main(['--image', str(img), '--model', 'resattnet56_cifar', '--checkpoint', str(ckpt), '--topk', '3']) == 0
+    assert main(['classify', str(img), '--model', 'resattnet56_cifar', '--checkpoint', str(ckpt), '--topk', '3']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert 'input (32, 32)' in lines[0]
     assert len(lines) == 4 and lines[1].startswith('1.')
     probs = [float(line.split('%')[0].split()[-1]) for line in lines[1:]]
     assert probs == sorted(probs, reverse=True)
-    # the old flags in their --flag=value form too
-    assert main([f'--image={img}', '--model=resattnet56_cifar', f'--checkpoint={ckpt}', '--topk=3']) == 0
+    # the flags in their --flag=value form too
+    assert main(['classify', str(img), '--model=resattnet56_cifar', f'--checkpoint={ckpt}', '--topk=3']) == 0
     assert capsys.readouterr().out.strip().splitlines() == lines
 
 
 def test_classify_errors(image_and_checkpoint, tmp_path, capsys):
     img, _ = image_and_checkpoint
-    assert main(['--image', str(tmp_path / 'missing.jpg'), '--model', 'resattnet56_cifar']) == 2
+    assert main(['classify', str(tmp_path / 'missing.jpg'), '--model', 'resattnet56_cifar']) == 2
     bad = tmp_path / 'bad.jpg'
     bad.write_bytes(b'not an image')
-    assert main(['--image', str(bad), '--model', 'resattnet56_cifar']) == 2
-    assert main(['--image', str(img), '--model', 'resnet_nope']) == 2
-    assert main(['--image', str(img), '--model', 'resattnet56_cifar', '--pretrained']) == 2
+    assert main(['classify', str(bad), '--model', 'resattnet56_cifar']) == 2
+    assert main(['classify', str(img), '--model', 'resnet_nope']) == 2
+    assert main(['classify', str(img), '--model', 'resattnet56_cifar', '--pretrained']) == 2
     err = capsys.readouterr().err
     assert 'image not found' in err and 'cannot read image' in err and 'unknown model' in err
     assert 'No pretrained weights exist' in err
@@ -72,7 +72,7 @@ def test_classify_errors(image_and_checkpoint, tmp_path, capsys):
 @pytest.mark.subprocess
 def test_module_entrypoint_runs():
     out = subprocess.run(
-        [sys.executable, '-m', 'timm_resattn', '--filter', 'resattnet56_cifar'],
+        [sys.executable, '-m', 'timm_resattn', 'list', '--filter', 'resattnet56_cifar'],
         capture_output=True, text=True, check=True,
     ).stdout
     assert 'resattnet56_cifar' in out and '1,068,186' in out

@@ -1,4 +1,4 @@
-""" Tests of the Caffe weights converter (``timm_resattn.convert.caffe``, ``python -m timm_resattn.convert caffe``).
+""" Tests of the Caffe weights converter (``timm_resattn.convert.caffe``, ``timm-resattn convert caffe``).
 
 The reference (``caffe_reference.py``) is independent of the converter: it regenerates the official deploy graphs
 layer by layer and executes them with the Caffe fork's layer semantics, so "converted timm model == Caffe net" is
@@ -16,8 +16,8 @@ import torch
 
 import timm
 import timm_resattn  # noqa: F401  (registers the models)
-from timm_resattn.convert import CaffeModelError, caffe_param_map, convert_caffe_blobs, read_caffemodel
-from timm_resattn.convert.__main__ import main as convert_main
+from timm_resattn.cli import main
+from timm_resattn.convert.caffe import CaffeModelError, caffe_param_map, convert_caffe_blobs, read_caffemodel
 from timm_resattn.models.resattnet import ResidualAttentionNet, model_cfgs
 
 from helpers import rel_err
@@ -365,7 +365,7 @@ def test_cli_end_to_end(tmp_path, net56):
     graph, blobs = net56
     src, dst = tmp_path / 'Attention-56.caffemodel', tmp_path / 'resattnet56.safetensors'
     src.write_bytes(encode_caffemodel(graph, blobs, name='Attention-56'))
-    cmd = [sys.executable, '-m', 'timm_resattn.convert', 'caffe', str(src), str(dst), '--model', 'resattnet56']
+    cmd = [sys.executable, '-m', 'timm_resattn', 'convert', 'caffe', str(src), str(dst), '--model', 'resattnet56']
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert str(dst) in proc.stdout and '31,810,728 parameters' in proc.stdout
@@ -379,9 +379,9 @@ def test_cli_end_to_end(tmp_path, net56):
 
     # refuses to overwrite without --force (status 2, file untouched), overwrites with it
     mtime = dst.stat().st_mtime_ns
-    assert convert_main(cmd[3:]) == 2
+    assert main(cmd[3:]) == 2
     assert dst.stat().st_mtime_ns == mtime
-    assert convert_main(cmd[3:] + ['--force']) == 0
+    assert main(cmd[3:] + ['--force']) == 0
     src.unlink()  # 2 x 127 MB: do not leave them in pytest's kept temp dirs
     dst.unlink()
 
@@ -389,25 +389,25 @@ def test_cli_end_to_end(tmp_path, net56):
 def test_cli_errors(tmp_path, capsys):
     src, dst = tmp_path / 'in.caffemodel', tmp_path / 'out.safetensors'
     dst.write_bytes(b'x')
-    assert convert_main(['caffe', str(src), str(dst), '--model', 'resattnet56']) == 2
+    assert main(['convert', 'caffe', str(src), str(dst), '--model', 'resattnet56']) == 2
     assert 'exists; pass --force' in capsys.readouterr().err
 
     dst.unlink()
-    assert convert_main(['caffe', str(src), str(dst), '--model', 'resattnet56']) == 2  # no such input
+    assert main(['convert', 'caffe', str(src), str(dst), '--model', 'resattnet56']) == 2  # no such input
     assert str(src) in capsys.readouterr().err
 
     src.write_bytes(encode_net('x', [encode_layer('conv1', 'Convolution', [encode_blob(np.zeros(3, np.float32))])])
                     [:-2])
-    assert convert_main(['caffe', str(src), str(dst), '--model', 'resattnet56']) == 2
+    assert main(['convert', 'caffe', str(src), str(dst), '--model', 'resattnet56']) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and str(src) in err and 'truncated' in err
 
     src.write_bytes(encode_net('x', [encode_layer('conv1', 'Convolution', [encode_blob(np.zeros(3, np.float32))])]))
-    assert convert_main(['caffe', str(src), str(dst), '--model', 'resattnet56']) == 2
+    assert main(['convert', 'caffe', str(src), str(dst), '--model', 'resattnet56']) == 2
     err = capsys.readouterr().err
     assert 'missing layers' in err and "'conv1' blob 0 is (3,)" in err
 
-    assert convert_main(['caffe', str(src), str(dst), '--model', 'resnet50']) == 2
+    assert main(['convert', 'caffe', str(src), str(dst), '--model', 'resnet50']) == 2
     assert 'unknown model' in capsys.readouterr().err
-    assert convert_main(['caffe', str(src)]) == 2  # argparse: missing arguments
+    assert main(['convert', 'caffe', str(src)]) == 2  # argparse: missing arguments
     assert not dst.exists()

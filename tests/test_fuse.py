@@ -1,4 +1,4 @@
-""" Tests of timm_resattn.fuse: BatchNorm folding for inference. """
+""" Tests of timm_resattn.analysis.fuse: BatchNorm folding for inference. """
 import pytest
 import torch
 import torch.nn as nn

@@ -15,12 +15,11 @@ PACKAGE = REPO_ROOT / 'timm_resattn'
 LAYERS: List[Tuple[str, ...]] = [
     ('errors', 'schema', 'version'),
     ('layers',),
-    ('weights', 'convert.pytorchcv'),
+    ('weights', 'convert', 'convert.pytorchcv'),  # convert/__init__ is a docstring
     ('models',),
     ('analysis', 'convert.caffe', 'export', 'train'),
     ('cli',),
-    # entry points and old names re-exported: the package root and its thin shims
-    ('__init__', '__main__', 'hub', 'masks', 'fuse', 'flops', 'visualize', 'train_cifar', 'scripts', 'convert'),
+    ('__init__', '__main__'),  # the package root; ``python -m timm_resattn COMMAND``
 ]
 
 # private timm names used because timm exports no public one for them
@@ -166,3 +165,39 @@ def test_the_layer_check_sees_imports(source, expected):
     found = _package_imports('layers.units', path, ast.parse(source), set(_sources()))
     assert expected in found
     assert _layer(expected) > _layer('layers.units')
+
+
+def _reexported(tree: ast.Module) -> List[str]:
+    """ Names in a module's ``__all__`` that it only imports (from anywhere), plus its star imports. """
+    imported, defined, exported = set(), set(), []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == '*':
+                    exported.append(f"from {'.' * node.level}{node.module} import *")
+                imported.add(alias.asname or alias.name.split('.')[0])
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                for n in ast.walk(t):
+                    if isinstance(n, ast.Name):
+                        defined.add(n.id)
+                        if n.id == '__all__' and isinstance(node.value, (ast.List, ast.Tuple)):
+                            exported += [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+    return [n for n in exported if n.startswith('from ') or (n in imported and n not in defined)]
+
+
+def test_each_name_in_one_module():
+    """ No module re-exports another's names (no shims, no star imports): a public name lives in the module that
+    defines it, and a package's ``__init__`` may gather its own submodules' names as the package's API. """
+    found = []
+    for module, (path, tree) in _sources().items():
+        names = _reexported(tree)
+        if path.name == '__init__.py':
+            names = [n for n in names if n.startswith('from ')]
+        found += [f'{module}: {n}' for n in names]
+    assert not found, f'names re-exported from other modules: {found}'
+    shim = ast.parse("from .analysis.masks import *\nfrom .errors import ConfigError\n__all__ = ['ConfigError']\n")
+    assert _reexported(shim) == ['from .analysis.masks import *', 'ConfigError']  # the check can fail

@@ -1,4 +1,4 @@
-""" Tests of timm_resattn.masks: recording M(x) / T(x) and the mean absolute stage response (paper Fig. 4). """
+""" Tests of timm_resattn.analysis.masks: recording M(x) / T(x) and the mean absolute stage response (paper Fig. 4). """
 import math
 
 import pytest

@@ -1,6 +1,6 @@
 """ What timm's scripts ask of a model, driven through the same library calls (train.py / validate.py from
-github.com/huggingface/pytorch-image-models are not in the wheel), plus the ``python -m timm_resattn.scripts``
-wrapper that runs those scripts with the plugin imported. Small and fast: resattnet56_cifar at 32 px. """
+github.com/huggingface/pytorch-image-models are not in the wheel), plus the ``timm-resattn run``
+command that runs those scripts with the plugin imported. Small and fast: resattnet56_cifar at 32 px. """
 import argparse
 import os
 import subprocess
@@ -35,7 +35,7 @@ def _child_env(**extra):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# python -m timm_resattn.scripts SCRIPT ARGS
+# timm-resattn run SCRIPT ARGS
 
 STAND_IN = textwrap.dedent('''
     """ Stands in for timm's validate.py: it only works if the plugin registered its models first. """
@@ -61,42 +61,37 @@ def stand_in(tmp_path):
     return script
 
 
-def test_scripts_wrapper_in_process(stand_in, tmp_path, monkeypatch, capsys):
-    """ main() in this process: usage errors exit 2, the script's exit status propagates. """
-    from timm_resattn import scripts
+def test_run_command_in_process(stand_in, tmp_path, monkeypatch, capsys):
+    """ ``timm-resattn run`` in this process: usage errors exit 2, the script's exit status propagates. """
+    from timm_resattn.cli import main
     monkeypatch.setattr(sys, 'argv', list(sys.argv))
     monkeypatch.setattr(sys, 'path', list(sys.path))
-    with pytest.raises(SystemExit) as e:
-        scripts.main([])
+    assert main(['run']) == 2
     err = capsys.readouterr().err  # one `error:` line naming the program (the command layer's usage errors)
-    assert e.value.code == 2 and err.startswith('error: ') and 'python -m timm_resattn.scripts' in err
-    with pytest.raises(SystemExit) as e:
-        scripts.main(['missing/validate.py', '--model', 'resattnet56'])
+    assert err.startswith('error: ') and 'timm-resattn run' in err
+    assert main(['run', 'missing/validate.py', '--model', 'resattnet56']) == 2
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "script not found: 'missing/validate.py'" in err
+    assert "script not found: 'missing/validate.py'" in err
     assert 'pytorch-image-models' in err  # hint: timm's scripts are not in the timm wheel
-    with pytest.raises(SystemExit) as e:
-        scripts.main(['--model', 'resattnet56'])
-    assert e.value.code == 2
-    scripts.main(['--help'])
+    assert main(['run', '--model', 'resattnet56']) == 2
+    assert main(['run', '--help']) == 0
     assert 'torchrun' in capsys.readouterr().out
     out = tmp_path / 'record.json'
-    with pytest.raises(SystemExit) as e:
-        scripts.main([str(stand_in), '--out', str(out), '--fail'])
-    assert e.value.code == 3 and 'STAND-IN' in capsys.readouterr().out
+    assert main(['run', str(stand_in), '--out', str(out), '--fail']) == 3
+    assert 'STAND-IN' in capsys.readouterr().out
     assert sys.argv == [str(stand_in), '--out', str(out), '--fail'] and sys.path[0] == str(stand_in.parent)
 
 
 @pytest.mark.subprocess
-def test_scripts_wrapper_under_torchrun(stand_in, tmp_path):
-    """ torchrun -m timm_resattn.scripts SCRIPT ARGS: each worker runs `python -u -m timm_resattn.scripts SCRIPT
-    ARGS` (the plain route too), the script sees its own argv, runs as __main__ with its directory on sys.path[0]. """
+def test_run_command_under_torchrun(stand_in, tmp_path):
+    """ torchrun -m timm_resattn run SCRIPT ARGS: each worker runs `python -u -m timm_resattn run SCRIPT ARGS` (the
+    plain route too), the script sees its own argv, runs as __main__ with its directory on sys.path[0]. """
     import json
     out = tmp_path / 'record.json'
     script_args = ['/data', '--model', 'resattnet56', '--out', str(out)]
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1',
-         '-m', 'timm_resattn.scripts', str(stand_in), *script_args],
+         '-m', 'timm_resattn', 'run', str(stand_in), *script_args],
         cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,7 +1,8 @@
-""" ``python -m timm_resattn.train_cifar`` on a tiny synthetic CIFAR-10 written in CIFAR-10's on-disk format.
+""" ``timm-resattn train-cifar`` on a tiny synthetic CIFAR-10 written in CIFAR-10's on-disk format.
 
 The runs use a narrow resattnet56_cifar (``--model-kwargs``), batch 16 and one CPU thread to stay fast.
 """
+import json
 import os
 import pickle
 import re
@@ -12,8 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 import timm
-from timm_resattn import train_cifar
-from timm_resattn.train_cifar import apply_label_noise, augment_batch, load_cifar, lr_at, main, pixel_mean
+from timm_resattn.cli import main
+from timm_resattn.cli.train_cifar import parse_milestones
+from timm_resattn.train.cifar_data import (
+    TrainBatches, apply_label_noise, augment_batch, load_cifar, normalize, pixel_mean,
+)
+from timm_resattn.train.loop import TrainingDiverged, build_checkpoint, evaluate, lr_at, save_checkpoint_file
 
 NARROW = ['--model', 'resattnet56_cifar', '--model-kwargs', 'stage_chs=(16, 32, 64)', 'stem_chs=8']
 NARROW_KWARGS = dict(stage_chs=(16, 32, 64), stem_chs=8)
@@ -55,8 +60,11 @@ def data_dir(tmp_path_factory):
 
 
 def _run(data_dir, out, *extra):
-    return main(['--data-dir', data_dir, '--out', str(out), '--batch-size', '16', '--workers', '0', *NARROW,
-                 *extra])
+    """ ``timm-resattn train-cifar`` in this process; returns the run's ``summary.json``. """
+    assert main(['train-cifar', '--data-dir', data_dir, '--out', str(out), '--batch-size', '16', '--workers', '0',
+                 *NARROW, *extra]) == 0
+    with open(os.path.join(str(out), 'summary.json')) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope='module')
@@ -124,8 +132,8 @@ def test_augmentation_and_mean():
 def test_lr_schedule():
     assert [lr_at(i, 0.1, [64000, 96000]) for i in (0, 63999, 64000, 95999, 96000, 159999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-    assert train_cifar._parse_milestones(None, 160_000) == [64_000, 96_000]
-    assert train_cifar._parse_milestones('96000,64000', 1) == [64_000, 96_000]
+    assert parse_milestones(None, 160_000) == [64_000, 96_000]
+    assert parse_milestones('96000,64000', 1) == [64_000, 96_000]
 
 
 def test_label_noise_matches_eq7():
@@ -217,7 +225,7 @@ def test_evaluate_keeps_the_mode_it_was_given(training):
     model.register_forward_hook(lambda m, args, out: modes.append(m.training))
     images = torch.randint(0, 256, (5, 3, 2, 2), dtype=torch.uint8)
     norm = {'mean': (0.5, 0.5, 0.5), 'std': (0.25, 0.25, 0.25)}
-    acc, loss = train_cifar.evaluate(model, images, torch.tensor([0, 1, 2, 0, 1]), norm, torch.device('cpu'), None,
+    acc, loss = evaluate(model, images, torch.tensor([0, 1, 2, 0, 1]), norm, torch.device('cpu'), None,
                                      batch_size=2)
     assert 0.0 <= acc <= 100.0 and loss >= 0.0
     assert modes == [False] * 3  # 3 batches, each in eval mode
@@ -226,7 +234,7 @@ def test_evaluate_keeps_the_mode_it_was_given(training):
 
 def test_data_order_independent_of_workers(data_dir):
     x, y, _ = load_cifar(data_dir, 'cifar10', train=True)
-    ds = train_cifar.TrainBatches(x, y, pixel_mean(x), batch_size=16, seed=5)
+    ds = TrainBatches(x, y, pixel_mean(x), batch_size=16, seed=5)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=range(10, 14), num_workers=2)
     for it, (xb, yb) in zip(range(10, 14), loader):
         xs, ys = ds[it]
@@ -322,10 +330,9 @@ def test_corrupt_batch_is_a_data_error(tmp_path, content, message):
 
 def _error_of(argv, capsys):
     """ Run the command in-process; return its stderr, asserting exit status 2 and no traceback. """
-    with pytest.raises(SystemExit) as e:
-        main(argv)
+    code = main(['train-cifar', *argv])
     err = capsys.readouterr().err
-    assert e.value.code == 2, err
+    assert code == 2, err
     assert 'Traceback' not in err and err.startswith('error: ') and 1 <= len(err.strip().splitlines()) <= 2, err
     return err
 
@@ -402,16 +409,16 @@ def test_non_finite_weights_are_never_saved():
     common = {'arch': 'x', 'batches_per_epoch': 1, 'metric': 0.0, 'best_metric': 0.0, 'best_iteration': 0,
               'run_args': {}, 'num_classes': 2, 'class_names': ['a', 'b'], 'normalization': {},
               'label_noise_rate': 0.0}
-    assert train_cifar.build_checkpoint(model, optimizer, None, iteration=3, **common)['iteration'] == 3
+    assert build_checkpoint(model, optimizer, None, iteration=3, **common)['iteration'] == 3
     with torch.no_grad():
         model.weight[0, 0] = float('nan')
-    with pytest.raises(train_cifar.TrainingDiverged, match='iteration 7: weight'):
-        train_cifar.build_checkpoint(model, optimizer, None, iteration=7, **common)
+    with pytest.raises(TrainingDiverged, match='iteration 7: weight'):
+        build_checkpoint(model, optimizer, None, iteration=7, **common)
 
 
 def test_interrupted_save_leaves_no_tmp(tmp_path, monkeypatch):
     path = tmp_path / 'last.pth.tar'
-    train_cifar.save_checkpoint_file(str(path), {'iteration': 1})
+    save_checkpoint_file(str(path), {'iteration': 1})
 
     def interrupted(obj, f, *args, **kwargs):
         with open(f, 'wb') as fh:
@@ -419,7 +426,7 @@ def test_interrupted_save_leaves_no_tmp(tmp_path, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, 'save', interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_cifar.save_checkpoint_file(str(path), {'iteration': 2})
+        save_checkpoint_file(str(path), {'iteration': 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
     assert torch.load(path, weights_only=True) == {'iteration': 1}
 
@@ -466,7 +473,7 @@ def test_timm_preprocessing_matches_training(trained, data_dir):
     transform = create_transform(**config)
     x, y, _ = load_cifar(data_dir, 'cifar10', train=False)
     timm_x = torch.stack([transform(Image.fromarray(img.permute(1, 2, 0).numpy())) for img in x])
-    torch.testing.assert_close(timm_x, train_cifar.normalize(x, ckpt['normalization']['mean'],
+    torch.testing.assert_close(timm_x, normalize(x, ckpt['normalization']['mean'],
                                                              ckpt['normalization']['std']), rtol=0, atol=1e-6)
     with torch.no_grad():
         acc = 100.0 * (model(timm_x).argmax(1) == y).float().mean().item()
@@ -483,11 +490,11 @@ def test_command_line_error_subprocess(data_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
         p for p in (repo, os.environ.get('PYTHONPATH')) if p))
     result = subprocess.run(
-        [sys.executable, '-m', 'timm_resattn.train_cifar', '--data-dir', data_dir, '--out', str(tmp_path / 'r'),
+        [sys.executable, '-m', 'timm_resattn', 'train-cifar', '--data-dir', data_dir, '--out', str(tmp_path / 'r'),
          '--iters', '0'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr == (
         "error: argument --iters: expected an iteration count in [1, 1000000000], got '0' (see python -m "
-        "timm_resattn.train_cifar --help)\n")
+        "timm_resattn train-cifar --help)\n")
     assert not (tmp_path / 'r').exists()
 
 
@@ -598,7 +605,8 @@ def test_unwritable_out_is_refused_before_training(data_dir, capsys, monkeypatch
         pytest.skip('/sys is writable here')
     except OSError:
         pass
-    monkeypatch.setattr(train_cifar, 'load_cifar', None)  # reading data would be a TypeError: a traceback
+    from timm_resattn.cli import train_cifar as command
+    monkeypatch.setattr(command, 'load_cifar', None)  # reading data would be a TypeError: a traceback
     err = _error_of(['--data-dir', data_dir, '--out', '/sys/runs/a', '--workers', '0', *NARROW, '--iters', '2'],
                     capsys)
     assert "can't write into the folder '/sys'" in err

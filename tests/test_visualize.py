@@ -1,4 +1,4 @@
-""" Tests of the mask visualisation command ``python -m timm_resattn.visualize``. """
+""" Tests of the mask visualisation command ``timm-resattn visualize``. """
 import os
 import runpy
 import sys
@@ -10,8 +10,8 @@ from PIL import Image
 
 import timm
 from helpers import NARROW_IMAGENET
-from timm_resattn.visualize import main
 from timm_resattn.analysis.masks import MaskRecord
+from timm_resattn.cli import main
 from timm_resattn.analysis.figures import (
     CHART_H, CHART_MARGIN_X, CHART_SLOT_W, HEADER_H, MIN_TILE, PAD, TITLE_H, jet, mask_grid, response_chart, tile_scale,
 )
@@ -68,7 +68,7 @@ def test_main_untrained(images, tmp_path, capsys):
     out2.parent.mkdir()  # output folders must exist (a missing one is an error, see test_output_folder_must_exist)
     argv = images + ['--model', 'resattnet56', '--img-size', str(SIZE), '--out', str(out), '--channels', '0,3',
                      '--responses', str(out2)]
-    assert main(argv) == 0
+    assert main(['visualize', *argv]) == 0
     captured = capsys.readouterr()
     assert 'warning' in captured.err and 'meaningless' in captured.err
     with Image.open(out) as im:
@@ -92,14 +92,14 @@ def test_main_checkpoint(images, tmp_path, capsys):
     out = tmp_path / 'masks.png'
     argv = images[:1] + ['--model', 'resattnet56', '--checkpoint', str(ckpt), '--img-size', str(SIZE),
                          '--out', str(out)] + NARROW_ARGV
-    assert main(argv) == 0
+    assert main(['visualize', *argv]) == 0
     assert 'meaningless' not in capsys.readouterr().err
     with Image.open(out) as im:
         assert im.size == _expected_grid(rows=1, modules=3, channels=0, side=SIZE)
 
 
 def _fails(argv, capsys, *needles):
-    assert main(argv) == 2
+    assert main(['visualize', *argv]) == 2
     err = capsys.readouterr().err
     assert 'Traceback' not in err
     for needle in needles:
@@ -148,16 +148,16 @@ def test_exit_code_bad_arguments(images, tmp_path, capsys):
 
 
 def test_module_entry_point(tmp_path, monkeypatch, capsys):
-    """ ``python -m timm_resattn.visualize`` exits with main()'s code; user errors print no traceback.
+    """ ``python -m timm_resattn visualize`` exits with main()'s code; user errors print no traceback.
 
     Run in-process with runpy (a subprocess would spend most of the test budget importing torch and timm).
     """
-    monkeypatch.setattr(sys, 'argv', [
-        'visualize', str(tmp_path / 'missing.jpg'), '--model', 'resattnet56', '--out', str(tmp_path / 'o.png')])
+    monkeypatch.setattr(sys, 'argv', ['timm_resattn', 'visualize', str(tmp_path / 'missing.jpg'),
+                                      '--model', 'resattnet56', '--out', str(tmp_path / 'o.png')])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)  # "found in sys.modules" (the tests imported it)
         with pytest.raises(SystemExit) as exc:
-            runpy.run_module('timm_resattn.visualize', run_name='__main__')
+            runpy.run_module('timm_resattn', run_name='__main__')
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert 'image not found' in err and 'Traceback' not in err

@@ -11,9 +11,7 @@ The package, bottom to top (each layer imports only from the ones below it):
 * ``models``: ``ResAttnCfg``, ``ResidualAttentionNet``, the pretrained cfgs and timm entrypoints;
 * ``analysis`` (masks, figures, MACs, BN folding), ``convert.caffe``, ``export`` (Hugging Face Hub),
   ``train`` (the CIFAR recipe): libraries built on the models;
-* ``cli``: the ``timm-resattn`` command, one error style; ``__main__``, ``visualize``, ``train_cifar``, ``scripts``
-  and ``convert/__main__`` are its ``python -m`` entry points. ``hub``, ``masks``, ``fuse``, ``flops`` re-export
-  their new homes under the old names.
+* ``cli``: the ``timm-resattn`` command, one error style; ``__main__`` runs it as ``python -m timm_resattn``.
 """
 from .models import ResAttnCfg, ResidualAttentionNet
 from .version import __version__

@@ -19,7 +19,7 @@ prints it as one ``error: ...`` line naming the argument or file and returns exi
 errors also exit with 2. Any other exception is a bug and keeps its traceback.
 
 Commands are modules with ``configure(parser)`` and ``run(args) -> int``; this package imports everything else,
-nothing imports it except the ``python -m`` entry points.
+nothing imports it except ``timm_resattn.__main__`` (``python -m timm_resattn COMMAND``).
 """
 import argparse
 import importlib
@@ -91,17 +91,6 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = 'timm-resattn') -> in
     if args is None:
         return code
     return run_command(args._run, args)
-
-
-def command_main(command: str, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
-    """ One command on its own (the ``python -m timm_resattn.<command>`` entry points). """
-    module = _command_module(command)
-    parser = CommandParser(prog=prog or f'timm-resattn {command}', description=_summary(module))
-    module.configure(parser)
-    args, code = _parse(parser, list(sys.argv[1:] if argv is None else argv))
-    if args is None:
-        return code
-    return run_command(module.run, args)
 
 
 def entry_point() -> None:  # the console script

@@ -31,7 +31,7 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
 
     model = create_model(model_name, pretrained, checkpoint, model_kwargs).eval()
     check_model_input(model, model_name)
-    img = open_image(image)  # errors name it IMAGE (the positional argument; --image in the old form)
+    img = open_image(image)  # errors name it IMAGE (the positional argument)
     if not pretrained and not checkpoint:
         print('warning: no --pretrained or --checkpoint given: this is a randomly initialised network, '
               'its predictions mean nothing.', file=sys.stderr)
@@ -49,11 +49,8 @@ def classify(image: str, model_name: str, pretrained: bool = False, checkpoint: 
     return 0
 
 
-def configure(parser: argparse.ArgumentParser, image_flag: bool = False) -> None:
-    if image_flag:  # the legacy `python -m timm_resattn --image F` form
-        input_argument(parser, '--image', required=True, help='the image file to classify')
-    else:
-        input_argument(parser, 'image', metavar='IMAGE', help='the image file to classify')
+def configure(parser: argparse.ArgumentParser) -> None:
+    input_argument(parser, 'image', metavar='IMAGE', help='the image file to classify')
     add_model_arguments(parser, default='resattnet56')
     parser.add_argument('--topk', type=positive_int, default=5, help='how many classes to print (default 5)')
 

@@ -5,7 +5,7 @@ has no plugin discovery, so a script only knows ``resattnet56`` & co. once ``tim
 process. ``train.py`` can do that itself (``--device-modules timm_resattn``); the other scripts can't::
 
     timm-resattn run path/to/pytorch-image-models/validate.py /data/imagenet --model resattnet56 ...
-    torchrun --nproc_per_node=8 -m timm_resattn.scripts path/to/pytorch-image-models/train.py --model resattnet56 ...
+    torchrun --nproc_per_node=8 -m timm_resattn run path/to/pytorch-image-models/train.py --model resattnet56 ...
 
 It imports ``timm_resattn`` and then runs the script as ``__main__`` (``runpy.run_path``) with
 ``sys.argv = [SCRIPT, *ARGS]`` and the script's directory first on ``sys.path`` (in place of the current directory
@@ -59,7 +59,7 @@ def run_script(script: str, args: Sequence[str] = (), replace_path0: bool = Fals
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ('Works under torchrun: torchrun --nproc_per_node=N -m timm_resattn.scripts train.py '
+    parser.epilog = ('Works under torchrun: torchrun --nproc_per_node=N -m timm_resattn run train.py '
                      '--model resattnet56 ...')
     input_argument(parser, 'script', metavar='SCRIPT.py',
                    help='the script, e.g. path/to/pytorch-image-models/validate.py')

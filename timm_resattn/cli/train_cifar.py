@@ -1,6 +1,6 @@
 """ ``train-cifar``: train a Residual Attention Network on CIFAR-10/100 with the recipe of the paper (§4.1).
 
-    python -m timm_resattn.train_cifar --dataset cifar10 --data-dir data/ --download --model resattnet92_cifar
+    timm-resattn train-cifar --dataset cifar10 --data-dir data/ --download --model resattnet92_cifar
 
 Every default is the paper's (see ``timm_resattn.train.loop``): Nesterov SGD, momentum 0.9, weight decay 1e-4,
 batch 64, lr 0.1 divided by 10 at 64k and 96k of 160k iterations; pad-4 random crops and flips.
@@ -54,7 +54,7 @@ from ..train.loop import (
 )
 from ..weights import atomic_write
 from .common import (
-    MAX_SEED, PathUse, _number, check_model_input, check_paths, declare_paths, device_argument, max_workers,
+    MAX_SEED, PathUse, _number, check_model_input, declare_paths, device_argument, max_workers,
     parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
 )
 
@@ -335,12 +335,10 @@ def _write_final_outputs(out_dir: str, summary: Dict[str, float]) -> None:
 
 
 def train_from_args(args: argparse.Namespace) -> Dict[str, float]:
-    """ The whole command; returns the summary (also written to ``summary.json``). Checks every file it reads and
-    writes first (``check_paths``: also where the legacy ``python -m timm_resattn.train_cifar`` calls this without
-    the dispatcher), builds and checks the model, then reads the data; the output folder is created only once data
-    and model are ready.
+    """ The whole command; returns the summary (also written to ``summary.json``). Runs after the dispatcher's
+    ``check_paths`` (every file it reads and writes); builds and checks the model, then reads the data; the output
+    folder is created only once data and model are ready.
     """
-    check_paths(args)
     validate_args(args)
     model_kwargs = parse_model_kwargs(args.model_kwargs)
     milestones = parse_milestones(args.milestones, args.iters)

@@ -19,7 +19,7 @@ authors' Caffe fork (``buptwangfei/caffe``). Three things matter when moving the
 ``read_caffemodel`` decodes a binary ``.caffemodel`` (a serialised ``NetParameter``) with a small protobuf
 wire-format decoder, so neither Caffe nor the ``protobuf`` package is needed.
 
-Command line: ``python -m timm_resattn.convert caffe IN.caffemodel OUT.safetensors --model resattnet92``.
+Command line: ``timm-resattn convert caffe IN.caffemodel OUT.safetensors --model resattnet92``.
 
 Hacked together by the timm-resattn authors, Apache-2.0.
 """
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..errors import ConversionError
-from ..models.resattnet import ResAttnCfg, ResidualAttentionNet, model_cfgs
+from ..models.config import ResAttnCfg
+from ..models.resattnet import ResidualAttentionNet, model_cfgs
 
 __all__ = [
     'CaffeModelError', 'caffe_param_map', 'convert_caffe_blobs', 'read_caffemodel', 'BLOB_COUNTS',

@@ -3,12 +3,12 @@
 Both write timm's own layout (``config.json`` + ``model.safetensors`` + ``README.md``), so the model loads back
 with plain timm calls, **after** ``import timm_resattn`` (timm can only build architectures that are registered)::
 
-    import timm, timm_resattn
-    timm_resattn.hub.save_pretrained(model, 'out/resattnet56.my_in1k')
+    import timm, timm_resattn.export.hub
+    timm_resattn.export.hub.save_pretrained(model, 'out/resattnet56.my_in1k')
     model = timm.create_model('local-dir:out/resattnet56.my_in1k', pretrained=True)
 
-    timm_resattn.hub.push_to_hub(model, 'my-org/resattnet56.my_in1k',
-                                 model_card_extra=dict(dataset='imagenet-1k', reported_accuracy=dict(top1=78.1)))
+    timm_resattn.export.hub.push_to_hub(model, 'my-org/resattnet56.my_in1k',
+                                        model_card_extra=dict(dataset='imagenet-1k', reported_accuracy=dict(top1=78.1)))
     model = timm.create_model('hf-hub:my-org/resattnet56.my_in1k', pretrained=True)
 
 What the wrappers add to timm's functions:

@@ -23,7 +23,7 @@ from ..weights import atomic_write
 from .program import DEFAULT_MAX_SIZE, export_program, model_in_chans, program_size_range, resolve_size_range
 
 __all__ = [
-    'export_onnx', 'verify_onnx', 'require_onnx', 'fuse_pad_into_max_pool', 'MissingExtraError', 'DEFAULT_OPSET',
+    'export_onnx', 'verify_onnx', 'require_onnx', 'fuse_pad_into_max_pool', 'DEFAULT_OPSET',
 ]
 
 DEFAULT_OPSET = 18

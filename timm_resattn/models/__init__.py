@@ -1,4 +1,5 @@
 """ The Residual Attention Networks as timm models (importing this registers them). """
-from .resattnet import ResAttnCfg, ResidualAttentionNet, checkpoint_filter_fn, model_cfgs
+from .config import ResAttnCfg
+from .resattnet import ResidualAttentionNet, checkpoint_filter_fn, model_cfgs
 
 __all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'checkpoint_filter_fn', 'model_cfgs']

@@ -25,14 +25,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-try:
-    from timm.models._features import feature_take_indices  # no public name for it in timm
-except ImportError:  # older timm
-    from timm.layers import feature_take_indices
+from timm.models._features import feature_take_indices  # no public name for it in timm
 
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
 from ..layers.attention import create_max_pool
-from ..layers.input_size import InputSizeCheck, check_input_size  # noqa: F401 (check_input_size: public name here)
+from ..layers.input_size import InputSizeCheck
 from ..layers.memory import checkpoint_blocks, set_memory_efficient
 from ..layers.units import get_unit_type
 from ..errors import ConfigError
@@ -43,7 +40,7 @@ from ..schema import Bool, Schema
 from .config import ResAttnCfg, check_model_args
 from .stages import create_stages
 
-__all__ = ['ResAttnCfg', 'ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
+__all__ = ['ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
 
 # the nets of the authors' Caffe deploy files (timm_resattn.convert.caffe converts their weights)
 CAFFE_NETS = ('resattnet56', 'resattnet92', 'resattnext56', 'resattnext92')

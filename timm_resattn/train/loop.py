@@ -245,7 +245,7 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
         ckpt = read_checkpoint(path)
     except WeightsError as e:
         raise WeightsError(f'--resume {path}: cannot read it as a checkpoint: {e}') from None
-    what = 'a training checkpoint of timm_resattn.train_cifar (last.pth.tar)'
+    what = 'a training checkpoint of timm-resattn train-cifar (last.pth.tar)'
     if not isinstance(ckpt, dict):
         raise WeightsError(f'--resume {path}: holds a {type(ckpt).__name__}, expected {what}')
     missing = [k for k in ('state_dict', 'optimizer', 'iteration') if k not in ckpt]
