@@ -21,7 +21,7 @@ Usage::
     python -m benchmarks.activations resattnet56 resattnet92 resnet152 --table DIR --memory-budget-gib 16 \
         --precision bf16
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import argparse
 import contextlib

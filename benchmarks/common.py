@@ -1,6 +1,6 @@
 """ Shared pieces of the benchmark programs: model set-up, one timed step per mode, environment capture.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import contextlib
 import os

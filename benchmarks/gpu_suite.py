@@ -24,7 +24,7 @@ and ``summary.md`` (all tables so far) are rewritten after every stage, so a tim
 left than it needs is skipped, and the skip recorded with the reason. ``--out`` must be new or empty; the folder of
 an earlier suite run is replaced only with ``--overwrite``, any other non-empty folder is refused.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import argparse
 import json

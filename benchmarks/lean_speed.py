@@ -13,7 +13,7 @@ Usage::
     python -m benchmarks.lean_speed resattnet56 --img-size 160 --batch-size 16 --threads 2 --repeats 7 --steps 2
     python -m benchmarks.lean_speed resattnet56 --img-size 224 --batch-size 32 --device cuda --precision bf16
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import argparse
 import copy

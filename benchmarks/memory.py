@@ -21,7 +21,7 @@ Usage (internal): ``python -m benchmarks.memory '<json config>'`` prints one JSO
 (``BenchConfig`` fields) and optionally ``threads``, ``warmup``, ``steps`` and ``model_kwargs`` (e.g.
 ``{"memory_efficient": true}``).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import gc
 import json

@@ -1,6 +1,6 @@
 """ Output writers of the benchmark: CSV, JSON, Markdown table, PNG plot.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import csv
 import json

@@ -18,7 +18,7 @@ per model and mode), ``results.json`` (config, environment with the TF32/cuDNN f
 medians), ``results.md`` (tables, with each net's speed-up over its ResNet peer beside the MAC ratio) and
 ``throughput_vs_gmacs.png`` (skipped, with a note, where matplotlib is missing).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import argparse
 import contextlib

@@ -12,7 +12,7 @@ Nothing here imports the converter or the model code. It provides:
   inverse std, ceil-mode max pooling, align-corners Interp, ...), written from the Caffe C++ sources.
 * A minimal protobuf *encoder* for ``NetParameter`` (the converter has its own decoder).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import math
 import struct

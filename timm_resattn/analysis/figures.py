@@ -6,7 +6,7 @@ preprocessed crop, then for every Attention Module the soft mask M(x) averaged o
 ``--channels`` channel) upsampled bilinearly to the crop size and overlaid as a heat map. ``response_chart`` draws
 the mean absolute response of each stage (paper Fig. 4) as a bar chart.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple

@@ -23,7 +23,7 @@ What cannot be folded (and stays a BN):
 * the final ``norm`` of the pre-activation nets (feeds the global pool, not a conv);
 * a BN without running statistics (``track_running_stats=False`` normalises with batch statistics even in eval).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import copy
 from typing import Dict, Iterator, List, Sequence, Tuple, Type

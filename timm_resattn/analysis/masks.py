@@ -16,7 +16,7 @@ bit-identical with and without recording and no hook is left behind::
 Attention Modules are found by ``isinstance(m, AttentionModule)``, so every variant (ImageNet and CIFAR nets,
 NeXt and Inception units, ``features_only`` wrappers) is covered.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import re
 import threading

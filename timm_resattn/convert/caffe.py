@@ -21,7 +21,7 @@ wire-format decoder, so neither Caffe nor the ``protobuf`` package is needed.
 
 Command line: ``timm-resattn convert caffe IN.caffemodel OUT.safetensors --model resattnet92``.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import math
 import os

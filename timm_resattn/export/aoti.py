@@ -12,7 +12,7 @@ which are stricter than the exported program's: a batch of 1 is refused (``expec
 below-minimum input runs into whatever the kernels do (a 4x4 input failed inside a conv). Check ``min_input_size``
 before calling.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import os
 from pathlib import Path

@@ -9,7 +9,7 @@ dimension, so the file has none and onnxruntime runs such an input without an er
 empty or all-padding windows and the outputs are meaningless). Check the size before calling the session (the
 minimum is ``model.min_input_size``, also written into the file's metadata as ``min_input_size``).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import os
 from pathlib import Path

@@ -20,7 +20,7 @@ module of the exported program (``ExportedProgram.module()``) refuses smaller in
 ``timm_resattn.export.aoti``). The model's own ``check_input_size`` is statically true under these bounds and
 leaves no op in the graph.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 from typing import Any, Dict, Optional, Tuple
 

@@ -20,7 +20,7 @@ input (``s + unit(s)``), the trunk output T is added before the mask head (``hea
 3x3/s2 with padding 1 in floor mode. pytorchcv upsamples by a fixed factor 2, which equals the exact-size bilinear
 resize used here (``align_corners=True``) wherever pytorchcv runs at all, i.e. where every map has an even size.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 from typing import Callable, List, Tuple, Union
 

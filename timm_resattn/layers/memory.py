@@ -11,9 +11,8 @@ kernels of the forward on the very inputs, so every recomputed tensor is bit-ide
 the plain model's and gradients equal (fp32, and under autocast equal to plain autocast's).
 
 What it saves (bytes allocated in a training forward and still live at its end, autograd's saved tensors and the
-checkpoint caches alike, per image at 224, batch 2, CPU; ``python -m benchmarks.activations ... --precision
-fp32|bf16``, ``benchmarks/results/activations_{fp32,bf16}_224``): Attention-56 157 -> 91 MiB in fp32, 111 -> 49 MiB
-under bf16 autocast; Attention-92 223 -> 122 and 165 -> 64 MiB.
+checkpoint caches alike) is measured by ``python -m benchmarks.activations ... --precision fp32|bf16``; the numbers
+are in ``docs/training.md`` and ``benchmarks/results/activations_{fp32,bf16}_224``.
 
 Batch norm statistics: the recompute runs each BN again in training mode, which would update ``running_mean``,
 ``running_var`` and ``num_batches_tracked`` a second time. In eager mode the recompute context therefore snapshots
@@ -39,7 +38,7 @@ It keeps less than the selective policy and wins where both are on: the model ca
 The price is compute: the backward reruns each block's non-convolution ops (see ``benchmarks/results/lean_speed_cpu``
 for the measured training-step cost).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import contextlib
 import functools

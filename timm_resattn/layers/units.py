@@ -15,7 +15,7 @@ them use ``first_dilation`` (default: ``dilation``) as dilation and padding, as 
 ``Bottleneck`` does; the first unit of a dilated stage gets the previous stage's dilation there, later units the
 stage's own. The default 1 builds the official layout; parameter shapes never depend on the dilation.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Type

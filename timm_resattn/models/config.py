@@ -169,13 +169,9 @@ class ResAttnCfg:
             in fp32 and under bf16/fp16 autocast, eager and under ``torch.compile``, with SyncBN, channels_last,
             drop_path, ``features_only`` and DDP (tested in one process); eval, no-grad, TorchScript, FX and
             torch.export run the plain path; ``set_grad_checkpointing`` (whole blocks, keeps less) takes precedence.
-            Not part of the paper.
-            Kept for backward per image at 224 (``python -m benchmarks.activations``, CPU, batch 2): Attention-56
-            157 -> 91 MiB in fp32, 111 -> 49 MiB under bf16 autocast; Attention-92 223 -> 122 and 165 -> 64 MiB
-            (``benchmarks/results/activations_{fp32,bf16}_224``). Off by default: the backward reruns each block's
-            non-convolution ops; a training step measured 1.03-1.23x the plain step's time (resattnet56, batch 16
-            at 160, 2 threads, median per-repeat ratios of three runs on a heavily loaded 2-core CPU:
-            ``benchmarks/results/lean_speed_cpu``), not shown to be within the 5% allowed for a default.
+            Not part of the paper. What it saves and costs: ``docs/training.md`` (measured by
+            ``benchmarks/activations.py`` and ``benchmarks/lean_speed.py``). Off by default: the backward reruns
+            each block's non-convolution ops, a cost over the 5% a default may take.
     """
     unit: str = 'preact'
     stem_type: Literal['imagenet', 'cifar'] = 'imagenet'

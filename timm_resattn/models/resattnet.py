@@ -13,7 +13,7 @@ Beyond the paper: ``output_stride`` 8/16 for dense prediction and ``memory_effic
 activation checkpointing of each stage block on public torch APIs, ``layers.memory``; ``ResidualAttentionNet`` and
 ``ResAttnCfg`` say what changes).
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import dataclasses
 import json

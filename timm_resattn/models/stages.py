@@ -5,7 +5,7 @@ Each stage is an ``nn.Sequential`` (``layers.memory.MemoryLeanSequential``) of `
 This module owns the per-block bookkeeping: the stride and dilation of each stage (``ResAttnCfg.stride_schedule``),
 the linear drop-path rate over the trunk's blocks (mask-branch units never drop) and each stage's ``feature_info``.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 from typing import Any, Dict, List, Optional, Tuple
 

@@ -12,7 +12,7 @@ Augmentation is the paper's (§4.1): zero-pad by 4 px, a random 32x32 crop, a ho
 Normalisation is where we differ from the paper, see ``timm_resattn.train.loop``: per channel, with the model's own
 data config (``timm.data.resolve_data_config(model=model)``), not the paper's per-pixel mean image.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import io
 import os

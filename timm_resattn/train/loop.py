@@ -40,7 +40,7 @@ in one place too (``write_final_safetensors``). A non-finite loss stops training
 (``TrainingDiverged``, naming the iteration where it first appeared) and a non-finite state is never written.
 Resuming checks the checkpoint's fields (``RESUME_FIELDS``, ``NORMALIZATION_FIELDS``) before using them.
 
-Hacked together by the timm-resattn authors, Apache-2.0.
+Copyright the timm-resattn authors, Apache-2.0.
 """
 import math
 import os
