@@ -25,7 +25,7 @@ import torch
 
 from ..errors import WeightsError
 from ..schema import Any_, Bool, Float, Int, IntTuple, Nullable, Schema, Spec, Str
-from .files import _first
+from .files import _NUM_SHOWN, _first
 
 __all__ = [
     'check_weights', 'check_state_dict', 'check_values', 'check_metadata', 'parse_metadata', 'compare_metadata',
@@ -155,17 +155,18 @@ def _value_problems(
     return uncastable, non_finite, bad_var
 
 
+def _count_lines(entries: Sequence[Tuple[List[str], str, int]]) -> List[str]:
+    """ One message line ``'  N <what>: <first items>'`` per non-empty ``(items, what, shown)`` entry. """
+    return [f'  {len(items)} {what}: {_first(items, shown)}' for items, what, shown in entries if items]
+
+
 def _value_lines(uncastable: List[str], non_finite: List[str], bad_var: List[str], dtype_note: str) -> List[str]:
-    lines = []
-    if uncastable:
-        lines.append(f"  {len(uncastable)} tensor(s) can't be cast to the model's dtype: {_first(uncastable, 3)}")
-    if non_finite:
-        lines.append(f'  {len(non_finite)} tensor(s) hold NaN or Inf values{dtype_note}: {_first(non_finite)}')
-    if bad_var:
-        lines.append(
-            f'  {len(bad_var)} BatchNorm running_var tensor(s) with running_var + eps <= 0 (every output of the '
-            f'layer would be NaN): {_first(bad_var, 3)}')
-    return lines
+    return _count_lines([
+        (uncastable, "tensor(s) can't be cast to the model's dtype", 3),
+        (non_finite, f'tensor(s) hold NaN or Inf values{dtype_note}', _NUM_SHOWN),
+        (bad_var, 'BatchNorm running_var tensor(s) with running_var + eps <= 0 (every output of the layer would be '
+                  'NaN)', 3),
+    ])
 
 
 def check_values(
@@ -278,16 +279,13 @@ def _check_structure(
 
     arch = cfg.get('architecture') or type(model).__name__
     lines = [f"Can't load {source} into {arch} (num_classes={getattr(model, 'num_classes', '?')}):"]
-    if missing:
-        lines.append(f'  {len(missing)} missing key(s) (in the model, not in the weights): {_first(missing)}')
-    if unexpected:
-        lines.append(f'  {len(unexpected)} unexpected key(s) (in the weights, not in the model): {_first(unexpected)}')
-    if shapes:
-        lines.append(f'  {len(shapes)} shape mismatch(es): {_first(shapes, 3)}')
-    if dtypes:
-        lines.append(
-            f'  {len(dtypes)} tensor(s) are not floating point where the model has floating-point ones (loading would '
-            f'cast them and lose their values): {_first(dtypes, 3)}')
+    lines += _count_lines([
+        (missing, 'missing key(s) (in the model, not in the weights)', _NUM_SHOWN),
+        (unexpected, 'unexpected key(s) (in the weights, not in the model)', _NUM_SHOWN),
+        (shapes, 'shape mismatch(es)', 3),
+        (dtypes, 'tensor(s) are not floating point where the model has floating-point ones (loading would cast them '
+                 'and lose their values)', 3),
+    ])
     lines.extend(value_lines)
     lines.append(f'  ({len(state_dict)} tensors in the weights, {len(model_sd)} in the model)')
     if not (missing or unexpected or shapes):
