@@ -257,8 +257,9 @@ def test_torchscript_fx_with_the_switch_on(one_thread):
 
 def test_compile(one_thread):
     """ Under torch.compile (AOT autograd's partitioner, eager kernels) the selective checkpoint is traced and
-    honoured: the compiled lean model keeps less than the compiled plain model, matches it, and updates the BN
-    statistics once (not again in backward). A small net: compiling on CPU is slow. """
+    honoured: the compiled lean model keeps less than the compiled plain model (measured in the step after the
+    compiling one), matches it, and updates the BN statistics once per step (not again in backward). A small net:
+    compiling on CPU is slow. """
     import torch._dynamo
 
     torch.manual_seed(0)
@@ -270,11 +271,11 @@ def test_compile(one_thread):
     torch._dynamo.reset()
     try:
         c_plain, c_lean = (torch.compile(m, backend='aot_eager', fullgraph=True) for m in (plain, lean))
+        for compiled in (c_plain, c_lean):  # compile first: what compilation leaves allocated is not the step's
+            compiled(x).sum().backward()
         out_plain, kept_plain = forward_and_saved_bytes(c_plain, x)
         out_lean, kept_lean = forward_and_saved_bytes(c_lean, x)
-        # the first call compiles too, and what compilation leaves allocated varies with what ran before (0.72 in a
-        # full-suite run); the old gated design kept the plain bytes (1.0) here
-        assert kept_lean < 0.8 * kept_plain, (kept_plain, kept_lean)
+        assert kept_lean < 0.7 * kept_plain, (kept_plain, kept_lean)
         torch.testing.assert_close(out_lean, out_plain, rtol=1e-6, atol=1e-6)
         g = torch.randn_like(out_plain)
         out_plain.backward(g)
@@ -286,7 +287,7 @@ def test_compile(one_thread):
     for (n, b), (_, c) in zip(plain.named_buffers(), lean.named_buffers()):
         torch.testing.assert_close(c, b, rtol=1e-6, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
         if n.endswith('num_batches_tracked'):
-            assert int(c) == 1, n  # once per forward, not again in backward
+            assert int(c) == 2, n  # once per forward (the compiling step and the measured one), not in backward
 
 
 def test_ddp_single_process(tmp_path, one_thread):
