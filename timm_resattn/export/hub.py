@@ -28,7 +28,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -204,11 +204,21 @@ def model_card(
     }
 
 
-def _export_args(model: torch.nn.Module, model_args: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _export_args(
+        model: torch.nn.Module,
+        model_args: Optional[Dict[str, Any]],
+        model_config: Optional[Dict[str, Any]],
+) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """ The checked reconstruction args (the model's own, then ``model_config['model_args']``, then ``model_args``)
+    and ``model_config`` without them: merged here, so every timm writes the same ``config.json`` (older timm
+    replaced ``model_args`` with ``model_config``'s instead of merging them). """
     args = architecture_args(model)
+    if model_config and 'model_args' in model_config:
+        model_config = dict(model_config)
+        args.update(model_config.pop('model_args') or {})
     args.update(model_args or {})
     _check_rebuildable(model, _check_model(model), args)
-    return args
+    return args, model_config
 
 
 EXPORT_FILES = ('config.json', 'model.safetensors', 'pytorch_model.bin', 'README.md')
@@ -248,7 +258,7 @@ def save_pretrained(
         raise ExportError(
             f"'{directory}' already holds {', '.join(present)}: saving would overwrite them. Choose an empty "
             f"folder, or pass overwrite=True.")
-    args = _export_args(model, model_args)
+    args, model_config = _export_args(model, model_args, model_config)
     _write_export(model, directory, args, repo_id, model_card_extra, model_config, safe_serialization)
     return directory
 
@@ -302,7 +312,8 @@ def push_to_hub(
     """
     from timm import __version__ as timm_version
 
-    args = _export_args(model, model_args)  # refuse a model that can't be exported before touching the Hub
+    # refuse a model that can't be exported before touching the Hub
+    args, model_config = _export_args(model, model_args, model_config)
     api = HfApi(token=token, library_name='timm', library_version=timm_version)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     has_readme = api.file_exists(repo_id=repo_id, filename='README.md', revision=revision)

@@ -20,6 +20,7 @@ The one route that can't be routed is ``timm.create_model(..., checkpoint_path=F
 gives PyTorch's ``load_state_dict`` error rather than ours. Use ``pretrained_cfg_overlay=dict(file=F)`` or
 :func:`load_weights` for the checked route.
 """
+import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
@@ -193,14 +194,40 @@ def _hub_weights_file(cfg: Mapping[str, Any]) -> Optional[Path]:
     return None
 
 
+def _hub_model_args(cfg: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """ The ``model_args`` of the ``config.json`` beside the weights of a ``local-dir:`` / ``hf-hub:`` source (for a
+    timm that does not record them on the model as ``pretrained_model_args``); {} where there is none. """
+    path: Optional[Path] = None
+    if cfg.get('source') == 'local-dir':
+        path = Path(cfg.get('file') or '') / 'config.json'
+    elif cfg.get('hf_hub_id'):
+        from huggingface_hub import try_to_load_from_cache
+        repo_id, _, revision = str(cfg['hf_hub_id']).partition('@')
+        found = try_to_load_from_cache(repo_id, 'config.json', revision=revision or None)
+        path = Path(found) if isinstance(found, str) else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        args = json.loads(path.read_text(encoding='utf-8')).get('model_args') or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise WeightsError(f'{where} is not a readable JSON object: {e}') from None
+    if not isinstance(args, dict):
+        raise WeightsError(f'{where}: model_args={args!r:.200} is invalid: expected a JSON object')
+    return args
+
+
 def _config_metadata(model: nn.Module, where: str) -> Any:
     """ The metadata of the net that a Hub folder's ``config.json`` (``where``) describes: its ``architecture``
-    built with its ``model_args`` (as timm parsed them) on the meta device; None when the model records none. """
+    built with its ``model_args`` (as timm parsed them, or read from the file where this timm does not record them)
+    on the meta device; None when the model records none. """
     arch = model.pretrained_cfg.get('architecture')
     if not arch or not callable(getattr(model, 'weights_metadata', None)):
         return None
     import timm
-    args = getattr(model, 'pretrained_model_args', None) or {}
+    if hasattr(model, 'pretrained_model_args'):  # newer timm (1.0.31) records them on the model
+        args = model.pretrained_model_args or {}
+    else:
+        args = _hub_model_args(model.pretrained_cfg, where)
     try:
         described = timm.create_model(arch, device='meta', **args)
     except (ResAttnError, TypeError, ValueError, RuntimeError) as e:
