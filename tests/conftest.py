@@ -20,3 +20,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def unwritable_dir() -> str:
+    """ A folder that refuses new files even to root (``/sys``); the test is skipped where it does not. """
+    import os
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(dir='/sys')
+    except OSError:
+        return '/sys'
+    os.close(fd)
+    os.unlink(probe)
+    pytest.skip('/sys is writable here')

@@ -596,15 +596,7 @@ def test_two_runs_never_share_a_folder(data_dir, tmp_path, capsys):
     assert 'another train-cifar run' in err and list(out.iterdir()) == []
 
 
-def test_unwritable_out_is_refused_before_training(data_dir, capsys, monkeypatch):
-    import tempfile
-    try:  # /sys refuses new files even to root; skip where it does not
-        fd, probe = tempfile.mkstemp(dir='/sys')
-        os.close(fd)
-        os.unlink(probe)
-        pytest.skip('/sys is writable here')
-    except OSError:
-        pass
+def test_unwritable_out_is_refused_before_training(data_dir, capsys, monkeypatch, unwritable_dir):
     from timm_resattn.cli import train_cifar as command
     monkeypatch.setattr(command, 'load_cifar', None)  # reading data would be a TypeError: a traceback
     err = _error_of(['--data-dir', data_dir, '--out', '/sys/runs/a', '--workers', '0', *NARROW, '--iters', '2'],
