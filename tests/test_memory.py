@@ -166,25 +166,23 @@ def test_features_only(one_thread):
             return sum(f.square().mean() for f in self.m(x))
 
     assert saved_activation_bytes(Loss(lean), x) < 0.8 * saved_activation_bytes(Loss(plain), x)
-    fp, fl = plain(x), lean(x)
-    for a, b in zip(fp, fl):
-        assert torch.equal(a, b)
-    sum(f.square().mean() for f in fp).backward()
-    sum(f.square().mean() for f in fl).backward()
-    for (n, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
+
+    def same_step():  # equal features and gradients from one training step of each
+        fp, fl = plain(x), lean(x)
+        for a, b in zip(fp, fl):
+            assert torch.equal(a, b)
+        sum(f.square().mean() for f in fp).backward()
+        sum(f.square().mean() for f in fl).backward()
+        for (n, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
+
+    same_step()
     for (n, b), (_, c) in zip(plain.named_buffers(), lean.named_buffers()):
         assert torch.equal(b, c), n
     # the wrapper's own grad checkpointing (whole stages, timm's) nests the selective checkpoints: same step
     plain.set_grad_checkpointing(True)
     lean.set_grad_checkpointing(True)
-    fp, fl = plain(x), lean(x)
-    for a, b in zip(fp, fl):
-        assert torch.equal(a, b)
-    sum(f.square().mean() for f in fp).backward()
-    sum(f.square().mean() for f in fl).backward()
-    for (n, p), (_, q) in zip(plain.named_parameters(), lean.named_parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
+    same_step()
 
 
 def test_sync_batchnorm(one_thread):
