@@ -129,12 +129,8 @@ def checkpoint_blocks(blocks: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _is_tracing() -> bool:
     """ FX symbolic tracing or torch.export (not torch.compile): these take the plain path. """
-    try:
-        from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
-    except ImportError:  # older torch: true under FX symbolic tracing (and torch.export)
-        from torch.fx._symbolic_trace import is_fx_tracing
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)
-    return is_fx_tracing() or (is_exporting is not None and is_exporting())
+    from torch.fx._symbolic_trace import is_fx_symbolic_tracing  # no public name for it in torch
+    return is_fx_symbolic_tracing() or torch.compiler.is_exporting()
 
 
 class MemoryLeanSequential(nn.Sequential):
