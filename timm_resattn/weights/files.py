@@ -81,12 +81,10 @@ def _pickle_globals(path: Path, max_ops: int = 1_000_000) -> List[str]:
 
 
 def _unsafe_globals(path: Path) -> List[str]:
-    getter = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
-    if getter is not None:
-        try:
-            return list(getter(str(path)))
-        except Exception:
-            pass  # not a zip checkpoint
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:
+        pass  # not a zip checkpoint (a legacy torch.save pickle): read the pickle's globals below
     allowed = {'collections.OrderedDict', 'torch._utils._rebuild_tensor_v2', 'torch._utils._rebuild_parameter',
                'argparse.Namespace'}
     return [g for g in _pickle_globals(path) if g not in allowed and not g.startswith('torch.')]
@@ -94,16 +92,9 @@ def _unsafe_globals(path: Path) -> List[str]:
 
 def _torch_load_safe(path: Path) -> Any:
     try:
-        if hasattr(torch.serialization, 'safe_globals'):
-            # timm's training checkpoints store train.py's argparse.Namespace under 'args' (plain data)
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(str(path), map_location='cpu', weights_only=True)
-        return torch.load(str(path), map_location='cpu', weights_only=True)
-    except TypeError as e:  # torch without weights_only: never fall back to an unsafe load
-        raise WeightsError(
-            f"Can't load '{path}' safely: torch=={torch.__version__} has no torch.load(weights_only=True). "
-            f"Convert the file to .safetensors with a trusted tool, or upgrade PyTorch."
-        ) from e
+        # timm's training checkpoints store train.py's argparse.Namespace under 'args' (plain data)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path) or re.findall(r'GLOBAL (\S+) was not an allowed global', str(e))
         if unsafe or 'GLOBAL' in str(e):
