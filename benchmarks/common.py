@@ -68,13 +68,10 @@ def autocast_ctx(cfg: BenchConfig):
 @contextlib.contextmanager
 def no_eager_fallback():
     """ Inside: dynamo raises when a frame reaches its recompile limit, instead of running it eagerly from then on
-    (``torch._dynamo.config.fail_on_recompile_limit_hit``, where this torch has it), so a step timed under a
-    ``torch.compile`` label is a compiled one.
+    (``torch._dynamo.config.fail_on_recompile_limit_hit``), so a step timed under a ``torch.compile`` label is a
+    compiled one.
     """
     import torch._dynamo.config as dynamo_config
-    if not hasattr(dynamo_config, 'fail_on_recompile_limit_hit'):
-        yield
-        return
     with dynamo_config.patch(fail_on_recompile_limit_hit=True):
         yield
 
