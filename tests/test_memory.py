@@ -142,6 +142,63 @@ def test_eval_and_no_grad_take_the_plain_path(monkeypatch, one_thread):
         lean(x)
 
 
+
+def test_frozen_stages_take_the_plain_path(monkeypatch, one_thread):
+    # a frozen stage on an input that needs no grad has nothing to save: no checkpoint; the stages after a trainable
+    # one (their input needs grad) and trainable stages still take the lean path
+    plain, lean, size = _pair('resattnet56')
+    x = torch.randn(2, *size)
+    calls = []
+    real_checkpoint = memory.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real_checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(memory, 'checkpoint', counting)
+    for m in (plain, lean):
+        m.stem.requires_grad_(False)
+        m.stages[0].requires_grad_(False)
+    _assert_same_training_step(plain, lean, x)
+    first = set(lean.stages[0].children())
+    assert calls and not first & set(calls)  # stage 0 ran plain
+    assert set(lean.stages[1].children()) <= set(calls)  # its output needs no grad, but stage 1 trains
+    calls.clear()
+    lean.requires_grad_(False)
+    lean(x).sum()
+    assert calls == []  # a frozen net: no checkpoint at all
+
+
+def test_one_backward_per_forward_with_the_switch_on(one_thread):
+    # torch's selective checkpoint refuses a second backward through one graph (the module docstring says so);
+    # the plain model and set_grad_checkpointing allow it
+    plain, lean, size = _pair('resattnet56')
+    x = torch.randn(2, *size)
+    out = plain(x).sum()
+    out.backward(retain_graph=True)
+    out.backward()
+    out = lean(x).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match='backward an extra time'):
+        out.backward()
+    lean.set_grad_checkpointing(True)
+    out = lean(x).sum()
+    out.backward(retain_graph=True)
+    out.backward()
+
+
+def test_set_memory_efficient_takes_bools_only():
+    model = timm.create_model('resattnet56_cifar', stage_chs=(32, 64, 128))
+    for bad in ('false', 'yes', 2, None):
+        with pytest.raises(ConfigError, match='enable='):
+            memory.set_memory_efficient(model, bad)
+        with pytest.raises(ConfigError, match='enable='):
+            model.set_memory_efficient(bad)
+    assert not any(m.memory_efficient for m in model.modules() if isinstance(m, MemoryLeanSequential))
+    assert not model.cfg.memory_efficient
+    memory.set_memory_efficient(model, True)
+    assert all(m.memory_efficient for m in model.modules() if isinstance(m, MemoryLeanSequential))
+
 def test_drop_path_same_seed(one_thread):
     plain, lean, size = _pair('resattnet56', drop_path_rate=0.3)
     _assert_same_training_step(plain, lean, torch.randn(2, *size), seed=7)

@@ -28,6 +28,13 @@ Where it engages: ``MemoryLeanSequential.forward`` in training with grad enabled
 wrapper (which calls the stages) all take it. The plain path runs in eval mode, under ``torch.no_grad()``, in
 TorchScript, under FX symbolic tracing and under torch.export.
 
+One backward per forward: torch's selective checkpoint refuses a second backward through the same graph
+(``backward(retain_graph=True)`` then ``backward()``, or a double backward such as a gradient penalty) with
+``RuntimeError: Trying to backward an extra time``. For those, leave ``memory_efficient`` off or use
+``set_grad_checkpointing``, whose plain checkpoints allow it. Under ``torch.compile`` a graph break inside a block
+makes dynamo run that block's checkpoint eagerly without the buffer restore, so its BN statistics are updated twice
+in that step; the nets have no graph break.
+
 Grad checkpointing (``ResidualAttentionNet.set_grad_checkpointing``) runs each block under a plain checkpoint that
 keeps only its input (``checkpoint_blocks``, the same buffer restore, so BN statistics are updated once there too).
 It keeps less than the selective policy and wins where both are on: the model calls the blocks through
@@ -48,10 +55,16 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from ..errors import ConfigError
+from ..schema import Bool, Schema
+
 __all__ = [
     'MemoryLeanSequential', 'lean_policy', 'lean_context_fn', 'checkpoint_lean', 'checkpoint_blocks',
-    'set_memory_efficient', 'SAVED_OPS',
+    'set_memory_efficient', 'SAVED_OPS', 'SWITCH',
 ]
+
+# the value of the ``enable`` switches (``set_memory_efficient``, the model's ``set_grad_checkpointing``)
+SWITCH = Schema(dict(enable=Bool()), error=ConfigError)
 
 # the ops whose outputs the selective checkpoint keeps for backward; everything else is recomputed
 SAVED_OPS = frozenset({torch.ops.aten.convolution.default})
@@ -135,8 +148,9 @@ def _is_tracing() -> bool:
 
 class MemoryLeanSequential(nn.Sequential):
     """ ``nn.Sequential`` that runs each of its blocks under the selective checkpoint (``checkpoint_lean``) where
-    ``memory_efficient`` is set, in training with grad enabled; the plain ``nn.Sequential`` forward otherwise (eval,
-    no-grad, TorchScript, FX). Same parameters, buffers and state_dict keys as ``nn.Sequential``.
+    ``memory_efficient`` is set, in training with grad enabled and something to differentiate (the input or a
+    parameter needs grad); the plain ``nn.Sequential`` forward otherwise (eval, no-grad, TorchScript, FX,
+    torch.export). Same parameters, buffers and state_dict keys as ``nn.Sequential``.
     """
 
     def __init__(self, *args: Any):
@@ -150,17 +164,19 @@ class MemoryLeanSequential(nn.Sequential):
         return x
 
     @torch.jit.unused
-    def _lean(self) -> bool:
+    def _lean(self, x: torch.Tensor) -> bool:
         return (
             not _is_tracing()  # first: under FX the rest would be traced, not evaluated
             and self.memory_efficient
             and self.training
             and torch.is_grad_enabled()
+            # a frozen stage on a frozen input saves nothing for backward: no checkpoint to pay for
+            and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this form of branch)
-            if self._lean():
+            if self._lean(x):
                 return self._forward_lean(x)
         for block in self:
             x = block(x)
@@ -168,8 +184,10 @@ class MemoryLeanSequential(nn.Sequential):
 
 
 def set_memory_efficient(model: nn.Module, enable: bool = True) -> None:
-    """ Switch the selective checkpointing of every ``MemoryLeanSequential`` in ``model`` on or off, in place.
-    Parameters, buffers and outputs are unchanged. """
+    """ Switch the selective checkpointing of every ``MemoryLeanSequential`` in ``model`` on or off, in place
+    (``enable``: a bool; ``'false'`` and other non-bools are a ``ConfigError``). Parameters, buffers and outputs are
+    unchanged. """
+    enable = SWITCH.check_value('enable', enable)
     for m in model.modules():
         if isinstance(m, MemoryLeanSequential):
-            m.memory_efficient = bool(enable)
+            m.memory_efficient = enable

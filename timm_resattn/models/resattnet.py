@@ -30,13 +30,12 @@ from timm.models._features import feature_take_indices  # no public name for it 
 from ..convert.pytorchcv import convert_pytorchcv_state_dict, is_pytorchcv_state_dict
 from ..layers.attention import create_max_pool
 from ..layers.input_size import InputSizeCheck
-from ..layers.memory import checkpoint_blocks, set_memory_efficient
+from ..layers.memory import SWITCH, checkpoint_blocks, set_memory_efficient
 from ..layers.units import get_unit_type
 from ..errors import ConfigError
 from ..weights import (
     ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs, unwrap_state_dict,
 )
-from ..schema import Bool, Schema
 from .config import ResAttnCfg, check_model_args
 from .stages import create_stages
 
@@ -55,9 +54,6 @@ def _check_head(num_classes: int, global_pool: str) -> None:
         raise ConfigError(f"global_pool='' is invalid with num_classes={num_classes}: expected num_classes=0 with it "
                           f"(no pooling: the head returns the unpooled features), or a pool type such as 'avg'")
 
-
-# the value of the ``enable`` switches (``set_grad_checkpointing``, ``set_memory_efficient``)
-_SWITCH = Schema(dict(enable=Bool()), error=ConfigError)
 
 
 class ResidualAttentionNet(nn.Module):
@@ -238,8 +234,7 @@ class ResidualAttentionNet(nn.Module):
         ``memory_efficient``, which keeps more (the convolutions' outputs): the blocks are checkpointed whole, not
         selectively.
         """
-        enable = _SWITCH.check_value('enable', enable)
-        self.grad_checkpointing = enable
+        self.grad_checkpointing = SWITCH.check_value('enable', enable)
 
     @torch.jit.ignore
     def set_memory_efficient(self, enable: bool = True):
@@ -249,9 +244,8 @@ class ResidualAttentionNet(nn.Module):
         that keeps only the convolutions' outputs and recomputes BN, ReLU, sigmoid, adds and resampling in backward
         (``MemoryLeanSequential``). Parameters, buffers, outputs and BN statistics are unchanged.
         """
-        enable = _SWITCH.check_value('enable', enable)
-        set_memory_efficient(self, enable)
-        self.cfg = dataclasses.replace(self.cfg, memory_efficient=bool(enable))
+        set_memory_efficient(self, enable)  # checks enable
+        self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
