@@ -652,6 +652,21 @@ def test_amp_precision_per_device(monkeypatch):
         command.amp_dtype('fp16', cpu)
 
 
+
+def test_bf16_support_means_native(monkeypatch):
+    # torch.cuda.is_bf16_supported() counts emulation by default (true on pre-Ampere GPUs): ask for native support
+    import contextlib
+    from timm_resattn.cli import train_cifar as command
+    seen = []
+
+    def supported(including_emulation=True):
+        seen.append(including_emulation)
+        return including_emulation  # an emulating GPU: only emulation
+    monkeypatch.setattr(torch.cuda, 'device', lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', supported)
+    assert command.cuda_supports_bf16(torch.device('cuda', 0)) is False
+    assert seen == [False]
+
 def test_empty_test_set_is_refused(tmp_path, capsys):
     data = write_cifar10(tmp_path / 'data', n_test=0)
     out = tmp_path / 'run'

@@ -141,8 +141,7 @@ def parse_device(text: str, flag: str = '--device', device_count: Optional[int] 
             raise CommandError(f'{flag} {text}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}')
         return device
     if device.type == 'mps':
-        backend = getattr(torch.backends, 'mps', None)
-        if backend is None or not backend.is_available():
+        if not torch.backends.mps.is_available():
             raise CommandError(f'{flag} {text}: Apple MPS is not available on this machine (use --device cpu)')
         return device
     raise CommandError(f'{flag} {text}: a {device.type!r} device cannot run a command; expected cpu, cuda or cuda:N')

@@ -195,9 +195,10 @@ def validate_args(args: argparse.Namespace) -> None:
 
 
 def cuda_supports_bf16(device: torch.device) -> bool:
-    """ ``torch.cuda.is_bf16_supported()`` for ``device`` (not just the current one). """
+    """ Whether ``device`` (not just the current one) computes in bf16 natively:
+    ``torch.cuda.is_bf16_supported(including_emulation=False)`` (with emulation it is true on almost any GPU). """
     with torch.cuda.device(device):
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def amp_dtype(choice: Optional[str], device: torch.device) -> Optional[torch.dtype]:
