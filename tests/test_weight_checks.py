@@ -230,8 +230,9 @@ def _load_file(path):
 def test_integer_where_the_model_has_floating_is_refused(net, tmp_path):
     def edit(sd):
         sd['stem.conv.weight'] = sd['stem.conv.weight'].round().to(torch.int32)
-    with pytest.raises(WeightsError, match=r'not floating point.*stem\.conv\.weight: torch\.int32'):
+    with pytest.raises(WeightsError, match=r'not floating point.*stem\.conv\.weight: torch\.int32') as e:
         load_weights(_net(), _bad_file(net, tmp_path, edit))
+    assert str(e.value).count('stem.conv.weight') == 1  # one problem, reported once
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -259,7 +259,8 @@ def _check_structure(
             shapes.append(f'{k}: {type(v).__name__}, not a tensor')
             continue
         if model_sd[k].is_floating_point() and not v.is_floating_point():
-            dtypes.append(f'{k}: {v.dtype}')
+            dtypes.append(f'{k}: {v.dtype}')  # reported once, here (not again by the value checks)
+            continue
         want, got = tuple(model_sd[k].shape), tuple(v.shape)
         if want == got:
             fitting.append(k)
