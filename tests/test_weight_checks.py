@@ -18,7 +18,8 @@ import timm_resattn  # noqa: F401
 from timm_resattn.errors import ExportError, WeightsError
 from timm_resattn.export.hub import save_pretrained
 from timm_resattn.weights import (
-    ARCH_CFG_KEY, ARCHITECTURE_KEY, METADATA_KEY, check_weights, load_checked, load_weights, save_state_dict,
+    ARCH_CFG_KEY, ARCHITECTURE_KEY, METADATA_KEY, check_state_dict, check_weights, load_checked, load_weights,
+    save_state_dict,
 )
 
 from helpers import NARROW_CIFAR
@@ -232,6 +233,10 @@ def test_integer_where_the_model_has_floating_is_refused(net, tmp_path):
         sd['stem.conv.weight'] = sd['stem.conv.weight'].round().to(torch.int32)
     with pytest.raises(WeightsError, match=r'not floating point.*stem\.conv\.weight: torch\.int32') as e:
         load_weights(_net(), _bad_file(net, tmp_path, edit))
+    sd = _net().state_dict()
+    edit(sd)
+    with pytest.raises(WeightsError, match='not floating point') as e:
+        check_state_dict(sd, _net(), 'the state dict')
     assert str(e.value).count('stem.conv.weight') == 1  # one problem, reported once
 
 
