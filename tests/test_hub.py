@@ -186,6 +186,15 @@ _HF_CHILD = textwrap.dedent('''
     except WeightsError as e:
         assert "config.json of 'org/resattnet56_cifar.edited' describes" in str(e), str(e)
         print('CONTRADICTION-REFUSED')
+    # a cache_dir= of its own (not the default cache): the same checks read the files timm put there
+    other = timm.create_model('hf-hub:org/resattnet56_cifar.other', pretrained=True, cache_dir=sys.argv[2]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), out, rtol=0, atol=0)
+    try:
+        timm.create_model('hf-hub:org/resattnet56_cifar.other-edited', pretrained=True, cache_dir=sys.argv[2])
+    except WeightsError as e:
+        assert "config.json of 'org/resattnet56_cifar.other-edited' describes" in str(e), str(e)
+        print('CACHE-DIR-CONTRADICTION-REFUSED')
     print('HF-HUB-OK')
 ''')
 
@@ -212,6 +221,9 @@ def test_hf_hub_offline_cache(exported, tmp_path):
     config = json.loads((edited / 'config.json').read_text())
     config['model_args']['attention_residual'] = True  # the weights' header says False
     (edited / 'config.json').write_text(json.dumps(config))
+    own_cache = tmp_path / 'own-cache'  # create_model(..., cache_dir=): only there, not in the default cache
+    _fill_hf_cache(own_cache, f'org/{NAME}.other', sorted(directory.iterdir()))
+    _fill_hf_cache(own_cache, f'org/{NAME}.other-edited', sorted(edited.iterdir()))
     from huggingface_hub import try_to_load_from_cache
     assert try_to_load_from_cache(f'org/{NAME}.test', 'config.json', cache_dir=str(cache)) == \
         str(snapshot / 'config.json')
@@ -221,13 +233,14 @@ def test_hf_hub_offline_cache(exported, tmp_path):
     env.pop('HF_TOKEN', None)
     # huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE at import time: a fresh process
     result = subprocess.run(
-        [sys.executable, '-c', _HF_CHILD, str(tmp_path / 'expected.pt')],
+        [sys.executable, '-c', _HF_CHILD, str(tmp_path / 'expected.pt'), str(own_cache)],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'HF-HUB-OK' in result.stdout
     assert 'MISSING-REPO' in result.stdout  # offline and not cached: an error, not a download
     assert 'OVERRIDE-REFUSED' in result.stdout and 'CONTRADICTION-REFUSED' in result.stdout
+    assert 'CACHE-DIR-CONTRADICTION-REFUSED' in result.stdout
 
 
 class _FakeHfApi:

@@ -411,7 +411,7 @@ def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> Resid
         variant,
         pretrained,
         model_cfg=model_cfgs[variant],
-        pretrained_filter_fn=checked_pretrained_filter(checkpoint_filter_fn),
+        pretrained_filter_fn=checked_pretrained_filter(checkpoint_filter_fn, cache_dir=kwargs.get('cache_dir')),
         feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(model_cfgs[variant].num_stages + 1))),
         **kwargs,
     )

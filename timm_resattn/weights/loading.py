@@ -164,10 +164,10 @@ _HUB_PREFERRED_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model
 _HUB_EXTENSIONS = ('.safetensors', '.pth', '.pth.tar', '.bin')
 
 
-def _hub_weights_file(cfg: Mapping[str, Any]) -> Optional[Path]:
+def _hub_weights_file(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> Optional[Path]:
     """ The file timm's ``load_pretrained`` read for a ``local-dir:`` / ``hf-hub:`` source, found the way it finds
     it (timm's preferred file names, then the first file of each extension; on the Hub the file in the local cache,
-    safetensors first). None when it can't be located (e.g. a Hub download into another ``cache_dir``). """
+    ``cache_dir`` when ``create_model`` was given one, safetensors first). None when it can't be located. """
     if cfg.get('source') == 'local-dir':
         folder = Path(cfg.get('file') or '')
         for name in _HUB_PREFERRED_FILES:
@@ -188,25 +188,26 @@ def _hub_weights_file(cfg: Mapping[str, Any]) -> Optional[Path]:
         elif filename.endswith('.bin'):
             names.insert(0, filename[:-4] + '.safetensors')
         for name in names:
-            found = try_to_load_from_cache(repo_id, name, revision=revision or None)
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir, revision=revision or None)
             if isinstance(found, str):
                 return Path(found)
     return None
 
 
-def _hub_model_args(cfg: Mapping[str, Any], where: str) -> Dict[str, Any]:
+def _hub_model_args(cfg: Mapping[str, Any], where: str, cache_dir: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """ The ``model_args`` of the ``config.json`` beside the weights of a ``local-dir:`` / ``hf-hub:`` source (for a
-    timm that does not record them on the model as ``pretrained_model_args``); {} where there is none. """
+    timm that does not record them on the model as ``pretrained_model_args``); {} where the file has none, None
+    where the file can't be found (no claim to check). """
     path: Optional[Path] = None
     if cfg.get('source') == 'local-dir':
         path = Path(cfg.get('file') or '') / 'config.json'
     elif cfg.get('hf_hub_id'):
         from huggingface_hub import try_to_load_from_cache
         repo_id, _, revision = str(cfg['hf_hub_id']).partition('@')
-        found = try_to_load_from_cache(repo_id, 'config.json', revision=revision or None)
+        found = try_to_load_from_cache(repo_id, 'config.json', cache_dir=cache_dir, revision=revision or None)
         path = Path(found) if isinstance(found, str) else None
     if path is None or not path.is_file():
-        return {}
+        return None
     try:
         args = json.loads(path.read_text(encoding='utf-8')).get('model_args') or {}
     except (OSError, ValueError, AttributeError) as e:
@@ -216,10 +217,10 @@ def _hub_model_args(cfg: Mapping[str, Any], where: str) -> Dict[str, Any]:
     return args
 
 
-def _config_metadata(model: nn.Module, where: str) -> Any:
+def _config_metadata(model: nn.Module, where: str, cache_dir: Optional[str] = None) -> Any:
     """ The metadata of the net that a Hub folder's ``config.json`` (``where``) describes: its ``architecture``
     built with its ``model_args`` (as timm parsed them, or read from the file where this timm does not record them)
-    on the meta device; None when the model records none. """
+    on the meta device; None when the model records none (or, on an older timm, the file can't be found). """
     arch = model.pretrained_cfg.get('architecture')
     if not arch or not callable(getattr(model, 'weights_metadata', None)):
         return None
@@ -227,7 +228,9 @@ def _config_metadata(model: nn.Module, where: str) -> Any:
     if hasattr(model, 'pretrained_model_args'):  # newer timm (1.0.31) records them on the model
         args = model.pretrained_model_args or {}
     else:
-        args = _hub_model_args(model.pretrained_cfg, where)
+        args = _hub_model_args(model.pretrained_cfg, where, cache_dir)
+        if args is None:
+            return None
     try:
         described = timm.create_model(arch, device='meta', **args)
     except (ResAttnError, TypeError, ValueError, RuntimeError) as e:
@@ -236,12 +239,14 @@ def _config_metadata(model: nn.Module, where: str) -> Any:
     return described.weights_metadata()
 
 
-def checked_pretrained_filter(filter_fn: FilterFn) -> FilterFn:
+def checked_pretrained_filter(filter_fn: FilterFn, cache_dir: Optional[str] = None) -> FilterFn:
     """ The pretrained filter for the weights timm reads itself (``hf-hub:``, ``local-dir:``, a state dict in the
     cfg): ``filter_fn`` (the model's ``checkpoint_filter_fn``), then :func:`check_weights`, like every other route,
     naming where the weights came from. For ``hf-hub:`` / ``local-dir:`` it also reads the metadata of the weight
     file timm read and builds (on the meta device) the net that ``config.json`` describes (``architecture`` and
     ``model_args``): the file, the folder's config and the model must agree on what the weights compute.
+    ``cache_dir``: the one given to ``timm.create_model`` (where timm downloaded ``hf-hub:`` files). A Hub weight
+    file that can't be found where timm put it is a ``WeightsError``, never an unchecked load.
     """
     def pretrained_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
         cfg = model.pretrained_cfg
@@ -250,12 +255,16 @@ def checked_pretrained_filter(filter_fn: FilterFn) -> FilterFn:
             'the state_dict given in the pretrained cfg')
         metadata, declared = None, []
         if cfg.get('source') in ('hf-hub', 'local-dir'):
-            path = _hub_weights_file(cfg)
+            path = _hub_weights_file(cfg, cache_dir)
             if path is not None:
                 metadata = read_weight_metadata(path)
+            elif cfg.get('source') == 'hf-hub':
+                raise WeightsError(
+                    f"{source}: can't find the weight file timm read in the Hub cache"
+                    f"{f' {cache_dir!r}' if cache_dir else ''}, so its header can't be checked")
             where = f"config.json of '{cfg['hf_hub_id']}'" if cfg.get('source') == 'hf-hub' else \
                 f"'{Path(cfg.get('file') or '') / 'config.json'}'"
-            declared.append((_config_metadata(model, where), where))
+            declared.append((_config_metadata(model, where, cache_dir), where))
         state_dict = filter_fn(state_dict, model)
         check_weights(state_dict, model, source, metadata, declared=declared)
         return state_dict
