@@ -23,7 +23,7 @@ __all__ = [
     'resattn_models', 'check_model_name', 'create_model', 'add_model_arguments', 'model_from_args', 'open_image',
     'check_output_path', 'PathUse', 'declare_paths', 'input_argument', 'output_argument', 'check_paths',
     'parse_device', 'device_argument', 'check_model_input', 'seed_int', 'workers_int', 'image_size_int',
-    'positive_float', 'MAX_IMAGE_SIZE', 'MAX_SEED', 'max_workers',
+    'positive_float', 'number_type', 'MAX_IMAGE_SIZE', 'MAX_SEED', 'max_workers',
 ]
 
 
@@ -78,7 +78,7 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
     return kwargs
 
 
-def _number(cast, minimum, maximum=None, what='a number', minimum_open=False, maximum_open=False):
+def number_type(cast, minimum, maximum=None, what='a number', minimum_open=False, maximum_open=False):
     """ An argparse type: ``cast(text)`` within ``[minimum, maximum]`` (open at an end with ``minimum_open`` /
     ``maximum_open``), finite, else a message saying what was expected. """
     def parse(text: str):
@@ -107,17 +107,17 @@ def max_workers() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
-positive_int = _number(int, 1, what='a positive integer')
-non_negative_int = _number(int, 0, what='a non-negative integer')
-unit_interval = _number(float, 0.0, 1.0, what='a number in [0, 1]')
-positive_float = _number(float, 0.0, what='a finite number > 0', minimum_open=True)
-seed_int = _number(int, 0, MAX_SEED, what=f'a seed in [0, {MAX_SEED}]')
-image_size_int = _number(int, 1, MAX_IMAGE_SIZE, what=f'an image side in [1, {MAX_IMAGE_SIZE}] px')
+positive_int = number_type(int, 1, what='a positive integer')
+non_negative_int = number_type(int, 0, what='a non-negative integer')
+unit_interval = number_type(float, 0.0, 1.0, what='a number in [0, 1]')
+positive_float = number_type(float, 0.0, what='a finite number > 0', minimum_open=True)
+seed_int = number_type(int, 0, MAX_SEED, what=f'a seed in [0, {MAX_SEED}]')
+image_size_int = number_type(int, 1, MAX_IMAGE_SIZE, what=f'an image side in [1, {MAX_IMAGE_SIZE}] px')
 
 
 def workers_int(text: str) -> int:
     """ ``--workers``: 0 (load in the main process) .. the CPUs this process may use. """
-    return _number(int, 0, max_workers(), what=f'a number of worker processes in [0, {max_workers()}] (the CPUs '
+    return number_type(int, 0, max_workers(), what=f'a number of worker processes in [0, {max_workers()}] (the CPUs '
                                                f'this process may use)')(text)
 
 
@@ -309,27 +309,15 @@ def open_image(path: str, flag: str = 'IMAGE'):
         raise CommandError(f'{flag}: cannot read image {path!r}: {" ".join(str(e).split())[:200]}') from None
 
 
-def _model_in_chans(model: nn.Module) -> Optional[int]:
-    in_chans = getattr(model, 'in_chans', None)
-    if isinstance(in_chans, int):
-        return in_chans
-    first = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
-    try:
-        conv = model.get_submodule(first) if isinstance(first, str) else None
-    except AttributeError:
-        conv = None
-    conv = conv or next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return getattr(conv, 'in_channels', None)
-
-
 def check_model_input(model: nn.Module, name: str, input_size: Optional[int] = None, size_flag: str = '',
                       ranks_classes: bool = True, in_chans: int = 3) -> None:
     """ THE check of a built model against what the command will feed it, before any data is read: ``in_chans``
     channels (RGB images and CIFAR data: 3), at least one class where the command ranks or trains classes, and an
     input side ``input_size`` (the data config's unless given) no smaller than the model's ``min_input_size``. A
     mismatch is a ``CommandError`` naming ``--model-kwargs`` (or ``size_flag``). """
-    model_chans = _model_in_chans(model)
-    if model_chans is not None and model_chans != in_chans:
+    from ..export.program import model_in_chans
+    model_chans = model_in_chans(model)
+    if model_chans != in_chans:
         raise CommandError(f'--model {name} --model-kwargs: the model takes {model_chans}-channel inputs '
                            f'(in_chans={model_chans}); this command feeds it {in_chans}-channel RGB images')
     num_classes = getattr(model, 'num_classes', None)

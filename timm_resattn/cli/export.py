@@ -9,7 +9,7 @@ Needs the ``export`` extra (``pip install "timm-resattn[export]"``).
 import argparse
 
 from ..errors import CommandError
-from .common import MAX_IMAGE_SIZE, _number, add_model_arguments, image_size_int, model_from_args, output_argument
+from .common import MAX_IMAGE_SIZE, number_type, add_model_arguments, image_size_int, model_from_args, output_argument
 
 __all__ = ['configure', 'run']
 
@@ -52,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="smallest input height/width (default: the model's minimum)")
     onnx.add_argument('--max-size', type=image_size_int, default=1024,
                       help=f'largest input height/width (default 1024, at most {MAX_IMAGE_SIZE})')
-    onnx.add_argument('--opset', type=_number(int, 17, 23, what='an ONNX opset in [17, 23]'), default=18,
+    onnx.add_argument('--opset', type=number_type(int, 17, 23, what='an ONNX opset in [17, 23]'), default=18,
                       help='ONNX opset (17..23, default 18)')
     onnx.add_argument('--force', action='store_true', help='overwrite OUT.onnx if it exists (never an input file)')
     onnx.set_defaults(_export=_onnx)

@@ -54,11 +54,11 @@ from ..train.loop import (
 )
 from ..weights import atomic_write
 from .common import (
-    MAX_SEED, PathUse, _number, check_model_input, declare_paths, device_argument, max_workers,
+    MAX_SEED, PathUse, number_type, check_model_input, declare_paths, device_argument, max_workers,
     parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
 )
 
-__all__ = ['configure', 'run', 'train_from_args', 'parse_milestones']
+__all__ = ['configure', 'run', 'parse_milestones']
 
 DESCRIPTION = (
     'Train a Residual Attention Network on CIFAR-10/100 with the recipe of the paper (§4.1). One deviation: inputs '
@@ -72,11 +72,11 @@ MAX_ITERS = 10 ** 9  # iteration counts (--iters, --eval-every, --log-every): 1 
 MAX_BATCH = 65536  # --batch-size; also at most the training set, checked when it is read
 RUN_FILES = ('last.pth.tar', 'model_best.pth.tar', 'model_best.safetensors', 'summary.json')  # what a run writes
 
-_iters = _number(int, 1, MAX_ITERS, what=f'an iteration count in [1, {MAX_ITERS}]')
-_batch_size = _number(int, 1, MAX_BATCH, what=f'a batch size in [1, {MAX_BATCH}]')
-_momentum = _number(float, 0.0, 1.0, what='a momentum in [0, 1)', maximum_open=True)
-_weight_decay = _number(float, 0.0, 1.0, what='a weight decay in [0, 1]')
-_drop_path = _number(float, 0.0, 1.0, what='a rate in [0, 1)', maximum_open=True)
+_iters = number_type(int, 1, MAX_ITERS, what=f'an iteration count in [1, {MAX_ITERS}]')
+_batch_size = number_type(int, 1, MAX_BATCH, what=f'a batch size in [1, {MAX_BATCH}]')
+_momentum = number_type(float, 0.0, 1.0, what='a momentum in [0, 1)', maximum_open=True)
+_weight_decay = number_type(float, 0.0, 1.0, what='a weight decay in [0, 1]')
+_drop_path = number_type(float, 0.0, 1.0, what='a rate in [0, 1)', maximum_open=True)
 
 
 def out_dir_of(args: argparse.Namespace) -> str:
