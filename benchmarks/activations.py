@@ -17,7 +17,7 @@ running when it was first saved (plain models: everything; selective checkpoints
 Usage::
 
     python -m benchmarks.activations resattnet56 resnet152 --img-size 224 --batch-size 2 [--precision bf16] \
-        [--breakdown DEPTH] [--grad-checkpointing] [--model-kwargs memory_efficient=True]
+        [--breakdown DEPTH] [--grad-checkpointing] [--model-kwargs memory_efficient=True] [--plain-stages 0]
     python -m benchmarks.activations resattnet56 resattnet92 resnet152 --table DIR --memory-budget-gib 16 \
         --precision bf16
 
@@ -241,12 +241,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     import timm_resattn  # noqa: F401  (registers the models)
     from timm_resattn.cli.common import parse_model_kwargs
 
+    from .common import lean_except
+
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='+')
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument('--grad-checkpointing', action='store_true')
     parser.add_argument('--model-kwargs', nargs='*', default=[])
+    parser.add_argument('--plain-stages', type=int, nargs='*', default=None, metavar='I',
+                        help='memory_efficient=True with these stages left on the plain path (common.lean_except)')
     parser.add_argument('--breakdown', type=int, default=0, metavar='DEPTH',
                         help='print the bytes per module, grouped to this depth of module names')
     parser.add_argument('--table', type=Path, default=None, metavar='DIR',
@@ -272,6 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name in args.models:
         model = timm.create_model(name, **(kwargs if name.startswith('resatt') else {}))
         model.train()
+        if args.plain_stages is not None and name.startswith('resatt'):
+            lean_except(model, args.plain_stages)
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
         x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)

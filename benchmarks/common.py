@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,7 @@ __all__ = [
     'PRECISIONS', 'MODES', 'BenchConfig', 'autocast_ctx', 'create_model', 'count_params', 'count_macs',
     'Step', 'make_step', 'synchronize', 'environment', 'cpu_model_name', 'REPO_ROOT', 'RUNTIMES',
     'make_runtime_step', 'ort_session', 'TF32_SETTINGS', 'set_tf32', 'backend_flags', 'compile_label',
-    'no_eager_fallback',
+    'no_eager_fallback', 'lean_except',
 ]
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -120,6 +120,19 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     ``timm.create_model`` (e.g. ``memory_efficient=True``).
     """
     return timm.create_model(name, pretrained=False, num_classes=1000, **kwargs)
+
+
+def lean_except(model: nn.Module, plain_stages: Sequence[int] = ()) -> nn.Module:
+    """ ``model.set_memory_efficient(True)``, then the stages at ``plain_stages`` (indices into ``model.stages``)
+    switched back to the plain path (each stage's ``memory_efficient`` attribute): how much of the net trades
+    recompute for memory. Returns ``model``. """
+    model.set_memory_efficient(True)
+    num_stages = len(model.stages)
+    for i in plain_stages:
+        if not 0 <= i < num_stages:
+            raise ValueError(f'--plain-stages {i}: {type(model).__name__} has stages 0..{num_stages - 1}')
+        model.stages[i].memory_efficient = False
+    return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -5,13 +5,15 @@ One step = ``common.make_step``'s train step: forward + cross-entropy + backward
 random batch (the same batch for both). Both models start from the same weights (``common.create_model``: 1000
 classes); each repeat times ``--steps`` steps of one, then of the other (the order alternating between repeats), so
 that load from other processes on a shared machine hits both alike. Reports the median step time of each and their
-ratio, with the load average before and after. ``--precision bf16|fp16`` runs the steps under autocast,
+ratio, with the load average before and after. ``--plain-stages 0 ...`` leaves those stages of the lean model on the
+plain path (``common.lean_except``). ``--precision bf16|fp16`` runs the steps under autocast,
 ``--device cuda`` on a GPU (synchronised around each timed run).
 
 Usage::
 
     python -m benchmarks.lean_speed resattnet56 --img-size 160 --batch-size 16 --threads 2 --repeats 7 --steps 2
     python -m benchmarks.lean_speed resattnet56 --img-size 224 --batch-size 32 --device cuda --precision bf16
+    python -m benchmarks.lean_speed resattnet56 --plain-stages 0   # stage 0 left plain: less recompute, more memory
 
 Copyright the timm-resattn authors, Apache-2.0.
 """
@@ -26,7 +28,7 @@ import torch
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from .common import PRECISIONS, BenchConfig, create_model, make_step, synchronize
+    from .common import PRECISIONS, BenchConfig, create_model, lean_except, make_step, synchronize
 
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('model')
@@ -38,12 +40,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--grad-checkpointing', action='store_true')
     parser.add_argument('--precision', choices=tuple(PRECISIONS), default='fp32')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--plain-stages', type=int, nargs='*', default=[], metavar='I',
+                        help='stages of the lean model left on the plain path (indices into model.stages)')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     plain = create_model(args.model)
     lean = copy.deepcopy(plain)
-    lean.set_memory_efficient(True)
+    lean_except(lean, args.plain_stages)
     models = {'plain': plain, 'lean': lean}
     cfg = BenchConfig(
         device=args.device, batch_size=args.batch_size, img_size=args.img_size, precision=args.precision, lr=0.01)
@@ -70,7 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [b / a for a, b in zip(times['plain'], times['lean'])]
     print(f'{args.model} train step, {args.precision}, {args.device}, batch {args.batch_size} at {args.img_size}, '
-          f'{args.threads} threads, grad_checkpointing={args.grad_checkpointing}, {args.repeats} x {args.steps} steps')
+          f'{args.threads} threads, grad_checkpointing={args.grad_checkpointing}, {args.repeats} x {args.steps} steps'
+          + (f', stages {args.plain_stages} plain' if args.plain_stages else ''))
     print(f"  plain median {med['plain'] * 1e3:.0f} ms, lean median {med['lean'] * 1e3:.0f} ms, "
           f"ratio of medians {med['lean'] / med['plain']:.3f}, median of per-repeat ratios "
           f'{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})')

@@ -98,6 +98,22 @@ def test_saved_bytes_reduction(one_thread):
     assert max_batch_for_budget(b_lean, 100 * b_lean, fixed_bytes=b_lean) == 99
 
 
+def test_a_stage_left_plain(one_thread):
+    """ Each stage's ``memory_efficient`` attribute switches it alone (``benchmarks.common.lean_except``): with
+    stage 0 left plain the step is still the plain model's, and the bytes kept lie strictly between plain's and
+    all-lean's (stage 0 keeps what plain keeps, the others what lean keeps). """
+    from benchmarks.common import lean_except
+    plain, lean, size = _pair('resattnet56')
+    x = torch.randn(2, *size)
+    kept_all_lean = saved_activation_bytes(lean, x)
+    partial = lean_except(copy.deepcopy(plain), [0])
+    assert [s.memory_efficient for s in partial.stages] == [False, True, True, True]
+    kept_plain, kept_partial = _assert_same_training_step(plain, partial, x)
+    assert kept_all_lean < kept_partial < kept_plain, (kept_all_lean, kept_partial, kept_plain)
+    with pytest.raises(ValueError, match='--plain-stages 4: ResidualAttentionNet has stages 0..3'):
+        lean_except(partial, [4])
+
+
 def test_grad_checkpointing_wins(monkeypatch, one_thread):
     """ With both switches on, the blocks are checkpointed whole (keeping only their inputs): the selective
     checkpoint is not used, the kept bytes are grad checkpointing's, and outputs, gradients and BN statistics
