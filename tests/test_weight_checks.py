@@ -116,6 +116,60 @@ def test_local_dir_torch_save_weights_with_metadata(net, tmp_path):
         timm.create_model(f'local-dir:{out}', pretrained=True)
 
 
+@pytest.fixture(scope='module')
+def silu_folder(tmp_path_factory):
+    return save_pretrained(_net(act_layer='silu'), tmp_path_factory.mktemp('hub') / 'silu')
+
+
+def test_the_activation_is_recorded_and_checked(net, silu_folder, tmp_path):
+    """ ``act_layer`` is a constructor argument, not a config field, and changes the function like ``mask_act``:
+    weights written for SiLU are refused by a ReLU net on the file, overlay and local-dir routes; the same
+    activation spelled another way (a class instead of a name) loads. """
+    weights = silu_folder / 'model.safetensors'
+    with pytest.raises(WeightsError, match=r"act_layer='SiLU'.*act_layer='ReLU'"):
+        load_weights(_net(), weights)
+    with pytest.raises(WeightsError, match=r"act_layer='SiLU'.*act_layer='GELU'"):
+        timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)), act_layer='gelu',
+                          **NARROW_CIFAR)
+    with pytest.raises(WeightsError, match=r"act_layer='ReLU'"):
+        timm.create_model(f'local-dir:{silu_folder}', pretrained=True, act_layer='relu')
+    loaded = load_weights(_net(act_layer=torch.nn.SiLU), weights)
+    reference = timm.create_model(f'local-dir:{silu_folder}', pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), reference(X), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('route', [
+    lambda f: dict(pretrained_cfg_overlay=dict(file=f, custom_load=False)),  # timm's own loader asked for
+    lambda f: dict(pretrained_cfg=dict(file=f, num_classes=10)),  # a whole pretrained cfg with a file
+    lambda f: dict(pretrained_cfg=dict(file=f, num_classes=10, custom_load=False),
+                   pretrained_cfg_overlay=dict(mean=(0.5, 0.5, 0.5))),
+])
+def test_file_routes_always_take_the_checked_loader(tmp_path, route):
+    """ However a file is named to ``create_model``, its header is checked (a mask_act='channel' file into the
+    default net is refused) and the model's loader reads it. """
+    folder = save_pretrained(_net(mask_act='channel'), tmp_path / 'channel')
+    with pytest.raises(WeightsError, match=r"mask_act='channel'.*mask_act='mixed'"):
+        timm.create_model(NAME, pretrained=True, **route(str(folder / 'model.safetensors')), **NARROW_CIFAR)
+
+
+def test_local_dir_header_is_read_from_the_file_timm_loads(net, tmp_path):
+    """ timm prefers some names (open_clip_model.safetensors) to the first file by name: the header checked is the
+    one of the file it loads, not of a decoy sorted before it; our list of names is timm's. """
+    from timm.models import _hub
+    from timm_resattn.weights import loading
+    assert loading._HUB_PREFERRED_FILES == _hub._PREFERRED_FILES
+    assert loading._HUB_EXTENSIONS == _hub._EXT_PRIORITY
+    out = save_pretrained(_net(mask_act='channel'), tmp_path / 'decoy')
+    (out / 'model.safetensors').rename(out / 'open_clip_model.safetensors')
+    cfg = json.loads((out / 'config.json').read_text())
+    del cfg['model_args']  # the weights' header alone says what they are for
+    (out / 'config.json').write_text(json.dumps(cfg))
+    save_state_dict(net.state_dict(), out / 'a_decoy.safetensors', metadata=net.weights_metadata())
+    with pytest.raises(WeightsError, match=r"open_clip_model\.safetensors.*mask_act='channel'|mask_act='channel'"):
+        timm.create_model(f'local-dir:{out}', pretrained=True, **NARROW_CIFAR)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # save_pretrained never writes a folder whose config.json contradicts the weights' header
 

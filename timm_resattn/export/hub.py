@@ -101,9 +101,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _act_layer_arg(name: str) -> str:
+    """ ``act_layer`` for config.json: the activation's class name where ``timm.layers.get_act_layer`` resolves it
+    back to that class (it reads names case-blind: 'SiLU' -> ``nn.SiLU``). """
+    from timm.layers import get_act_layer
+    try:
+        layer = get_act_layer(name)
+    except (KeyError, ValueError, TypeError):
+        layer = None
+    if getattr(layer, '__name__', None) != name:
+        raise ExportError(
+            f"can't export this model: its activation {name!r} is not one timm.layers.get_act_layer can name, so "
+            f"config.json could not rebuild it; build the model with act_layer given by name ('relu', 'silu', ...)")
+    return name
+
+
 def architecture_args(model: torch.nn.Module) -> Dict[str, Any]:
-    """ Architecture fields of ``model.cfg`` that differ from its registered variant, and a non-default
-    ``output_stride`` (JSON-ready ``model_args``). """
+    """ Architecture fields of ``model.cfg`` that differ from its registered variant, a non-default
+    ``output_stride`` and a non-ReLU ``act_layer`` (JSON-ready ``model_args``). """
     base = model_cfgs[_check_model(model)]
     args = {
         f.name: _jsonable(getattr(model.cfg, f.name))
@@ -112,6 +127,8 @@ def architecture_args(model: torch.nn.Module) -> Dict[str, Any]:
     }
     if getattr(model, 'output_stride', None):
         args['output_stride'] = model.output_stride
+    if model.act_name != 'ReLU':
+        args['act_layer'] = _act_layer_arg(model.act_name)
     return args
 
 

@@ -55,6 +55,10 @@ def _check_head(num_classes: int, global_pool: str) -> None:
                           f"(no pooling: the head returns the unpooled features), or a pool type such as 'avg'")
 
 
+def _layer_name(layer: Any) -> str:
+    """ The name of a layer class or factory (``nn.ReLU`` -> 'ReLU'; a ``functools.partial`` by its function's). """
+    return getattr(layer, '__name__', None) or _layer_name(getattr(layer, 'func', type(layer)))
+
 
 class ResidualAttentionNet(nn.Module):
     """ Residual Attention Network (Wang et al., CVPR 2017).
@@ -137,6 +141,8 @@ class ResidualAttentionNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         act_layer = get_act_layer(act_layer)
+        # recorded with the weights (weights_metadata): weights written for another activation compute another function
+        self.act_name = _layer_name(act_layer)
         norm_layer = BatchNormAct2d
         preact = get_unit_type(cfg.unit).preactivates_input
         self.output_stride = output_stride  # None: the net's own (recorded by the Hub export)
@@ -196,10 +202,14 @@ class ResidualAttentionNet(nn.Module):
     @torch.jit.ignore
     def weights_metadata(self) -> Dict[str, str]:
         """ Return what weight files written from this model record: its architecture and, as JSON, every config
-        field that changes its function (``ResAttnCfg.function_fields``); checked on load by ``weights.check_metadata``.
+        field that changes its function (``ResAttnCfg.function_fields``) and the activation (``act_layer``, by the
+        name of the class or function it resolved to); checked on load by ``weights.check_metadata``. The head's
+        ``global_pool`` is not recorded: like ``num_classes`` it is the fine-tuner's choice (``global_pool=''`` for
+        a backbone).
         """
         arch = (getattr(self, 'pretrained_cfg', None) or {}).get('architecture') or ''
-        return {ARCHITECTURE_KEY: arch, ARCH_CFG_KEY: json.dumps(self.cfg.function_fields(), sort_keys=True)}
+        fields = dict(self.cfg.function_fields(), act_layer=self.act_name)
+        return {ARCHITECTURE_KEY: arch, ARCH_CFG_KEY: json.dumps(fields, sort_keys=True)}
 
     @torch.jit.ignore
     def filter_state_dict(self, state_dict: Dict[str, Any]) -> Dict[str, torch.Tensor]:

@@ -159,8 +159,12 @@ def no_weights_error(variant: str, tag: Optional[str], hint: str = '') -> Weight
 
 
 # the weight files timm's ``load_state_dict_from_path`` looks for in a ``local-dir:`` folder, in its order of
-# preference, then the first file (sorted by name) of each extension (timm exports no public names for them)
-_HUB_PREFERRED_FILES = ('model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth')
+# preference, then the first file (sorted by name) of each extension (timm exports no public names for them;
+# tests/test_hub.py checks these against timm's own)
+_HUB_PREFERRED_FILES = (
+    'model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'open_clip_model.safetensors',
+    'open_clip_pytorch_model.safetensors', 'open_clip_pytorch_model.bin', 'open_clip_pytorch_model.pth',
+)
 _HUB_EXTENSIONS = ('.safetensors', '.pth', '.pth.tar', '.bin')
 
 
@@ -274,15 +278,13 @@ def checked_pretrained_filter(filter_fn: FilterFn, cache_dir: Optional[str] = No
 def pretrained_kwargs(variant: str, kwargs: Dict[str, Any], no_weights_hint: str = '') -> Dict[str, Any]:
     """ ``timm.create_model`` kwargs for ``pretrained=True``, checked before anything is built or downloaded.
 
-    A ``pretrained_cfg_overlay`` with a new ``file`` / ``url`` keeps ``custom_load=True`` (timm resets it for a new
-    source unless it is given), so those weights too go through the model's ``load_pretrained`` and so
-    :func:`load_checked`. A tag without weights raises :func:`no_weights_error` instead of building a randomly
-    initialised model (with ``no_weights_hint`` appended).
+    Weights from a ``file`` or ``url`` (given in ``pretrained_cfg_overlay`` or ``pretrained_cfg``) are always loaded
+    with ``custom_load=True`` (timm resets it for a new source, and a user's ``custom_load=False`` would hand the file
+    to timm's own loader), so they go through the model's ``load_pretrained`` and so :func:`load_checked`, with
+    every check. A tag without weights raises :func:`no_weights_error` instead of building a randomly initialised
+    model (with ``no_weights_hint`` appended).
     """
     from timm.models import resolve_pretrained_cfg
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay and (overlay.get('file') or overlay.get('url')):
-        kwargs = {**kwargs, 'pretrained_cfg_overlay': {'custom_load': True, **overlay}}
     weights_cfg = resolve_pretrained_cfg(
         variant,
         pretrained_cfg=kwargs.get('pretrained_cfg'),
@@ -290,4 +292,9 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any], no_weights_hint: str
     )
     if not has_weights(weights_cfg):
         raise no_weights_error(variant, weights_cfg.tag, no_weights_hint)
+    from_file = weights_cfg.source not in ('hf-hub', 'local-dir') and not weights_cfg.state_dict and bool(
+        weights_cfg.file or weights_cfg.url)  # timm's order of sources (its _resolve_pretrained_source)
+    if from_file and not weights_cfg.custom_load:
+        kwargs = {**kwargs, 'pretrained_cfg_overlay': {**(kwargs.get('pretrained_cfg_overlay') or {}),
+                                                       'custom_load': True}}
     return kwargs
