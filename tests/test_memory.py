@@ -137,6 +137,29 @@ def test_grad_checkpointing_wins(monkeypatch, one_thread):
     assert calls and all(calls)  # the selective checkpoint again
 
 
+@pytest.mark.parametrize('switch', ['memory_efficient', 'grad_checkpointing'])
+def test_mode_change_between_forward_and_backward(switch, one_thread):
+    """ ``model.eval()`` (as a validation hook might call) between the forward and the backward: the recompute runs
+    in the forward's modes, so the step is still the plain model's (torch's checkpoint would otherwise recompute BN
+    in eval mode and refuse the different tensors). Also with a stage put back in training mode. """
+    plain, lean, size = _pair('resattnet56')
+    if switch == 'grad_checkpointing':
+        lean.set_memory_efficient(False)
+        lean.set_grad_checkpointing(True)
+    x = torch.randn(2, *size)
+    outs = [m(x) for m in (plain, lean)]
+    for m in (plain, lean):
+        m.eval()
+        m.stages[1].train()
+    g = torch.randn_like(outs[0])
+    for o in outs:
+        o.backward(g)
+    grads = {n: p.grad for n, p in lean.named_parameters()}
+    for n, p in plain.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f'{n}: {m}')
+    assert not lean.training and lean.stages[1].training and not lean.stages[0].training  # modes left as set
+
+
 def test_eval_and_no_grad_take_the_plain_path(monkeypatch, one_thread):
     plain, lean, size = _pair('resattnet56')
     x = torch.randn(2, *size)

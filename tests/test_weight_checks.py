@@ -313,6 +313,8 @@ def _with_arch_cfg(net, tmp_path, arch_cfg):
     ('{"attention_residual": 1}', 'attention_residual=1 is invalid: expected True or False'),
     ('{"stem_chs": 8.0}', 'stem_chs=8.0 is invalid: expected an integer'),
     ('{"mask_act": ', 'is not valid JSON'),
+    pytest.param('[' * 100000 + ']' * 100000, 'is not valid JSON', id='nested-deeper-than-json-parses'),
+    pytest.param('{"mask_act": ' + '{"a": ' * 50000 + '1' + '}' * 50001, 'is not valid JSON', id='deep-object'),
 ])
 def test_metadata_of_the_wrong_type(net, tmp_path, arch_cfg, match):
     path = _with_arch_cfg(net, tmp_path, arch_cfg)
@@ -332,12 +334,30 @@ def test_metadata_unknown_fields_are_ignored(net, tmp_path):
     (7, 'its metadata is int, expected a mapping'),
     ({ARCHITECTURE_KEY: 56, ARCH_CFG_KEY: '{}'}, f"{ARCHITECTURE_KEY}=56 is invalid: expected a string"),
     ({ARCH_CFG_KEY: {'attention_residual': True}}, f'{ARCH_CFG_KEY}=.* is invalid: expected a non-empty string'),
+    pytest.param({ARCH_CFG_KEY: '[' * 100000 + ']' * 100000}, 'is not valid JSON', id='nested-deeper-than-json-parses'),
 ])
 def test_torch_save_metadata_of_the_wrong_type(net, tmp_path, metadata, match):
     path = tmp_path / 'w.pth'
     torch.save({'state_dict': net.state_dict(), METADATA_KEY: metadata}, path)
     with pytest.raises(WeightsError, match=match):
         load_weights(_net(), path)
+
+
+def test_meta_tensors_hold_no_values(net, tmp_path):
+    """ A state dict with a meta tensor (from a model built on the meta device) passes keys and shapes but has
+    nothing to load: refused by name, on the state-dict and the file routes. """
+    sd = dict(net.state_dict())
+    sd['head.fc.weight'] = torch.empty_like(sd['head.fc.weight'], device='meta')
+    with pytest.raises(WeightsError, match=r'head\.fc\.weight: a meta tensor, which holds no values'):
+        load_checked(_net(), sd)
+    meta_net = timm.create_model(NAME, device='meta', **NARROW_CIFAR)
+    with pytest.raises(WeightsError, match=r'stem\.conv\.weight: a meta tensor'):
+        load_weights(_net(), _saved_torch(meta_net.state_dict(), tmp_path / 'meta.pth'))
+
+
+def _saved_torch(sd, path):
+    torch.save(sd, path)
+    return path
 
 
 def test_wrong_metadata_type_on_the_local_dir_route(net, folder, tmp_path):

@@ -17,11 +17,12 @@ are in ``docs/training.md`` and ``benchmarks/results/activations_{fp32,bf16}_224
 Batch norm statistics: the recompute runs each BN again in training mode, which would update ``running_mean``,
 ``running_var`` and ``num_batches_tracked`` a second time. In eager mode the recompute context therefore snapshots
 the block's buffers before the recompute and writes them back after it (outside the selective-checkpoint dispatch
-mode, so the recompute issues exactly the forward's ops), so they are updated exactly once per step. Under
-``torch.compile`` the graph is functionalised and the buffer updates happen once, in the compiled forward; the
-partitioner follows the same policy (saves the convolutions' outputs). Tested with AOT autograd's eager backend on
-CPU (``backend='aot_eager'``); inductor not yet measured. Nothing here depends on the BN class
-(``timm.layers.convert_sync_batchnorm``'s ``SyncBatchNormAct`` works alike): any buffer of the block is restored.
+mode, so the recompute issues exactly the forward's ops), so they are updated exactly once per step. The recompute
+also runs each module in the train/eval mode it had in the forward (a ``model.eval()`` between forward and backward
+changes nothing). Under ``torch.compile`` the graph is functionalised and the buffer updates happen once, in the
+compiled forward; the partitioner follows the same policy (saves the convolutions' outputs). Tested with AOT
+autograd's eager backend on CPU (``backend='aot_eager'``); inductor not yet measured. Nothing here depends on the BN
+class (``timm.layers.convert_sync_batchnorm``'s ``SyncBatchNormAct`` works alike): any buffer of the block is restored.
 
 Where it engages: ``MemoryLeanSequential.forward`` in training with grad enabled, eager or compiled; each stage of a
 ``ResidualAttentionNet`` is one, so the model's ``forward``, ``forward_intermediates`` and the ``features_only``
@@ -82,38 +83,47 @@ def _selective_contexts() -> Tuple[Any, Any]:
 class _RestoreBuffers:
     """ Wraps the recompute context: snapshots ``buffers`` before the recompute, writes them back after it (both
     outside the wrapped context), so that batch norm's running statistics are updated once per step, not twice.
+    The recompute runs with each module in the mode (``training``) it had in the forward, so a ``model.eval()``
+    between forward and backward does not change what is recomputed.
     """
 
-    def __init__(self, buffers: List[torch.Tensor], inner: Any):
-        self.buffers = buffers
+    def __init__(self, module: nn.Module, inner: Any):
+        self.buffers = list(module.buffers())
+        self.modes = [(m, m.training) for m in module.modules()]  # as in the forward (this is built there)
         self.inner = inner
         self.saved: List[torch.Tensor] = []
+        self.now: List[bool] = []
 
     def __enter__(self):
         with torch.no_grad():
             self.saved = [b.clone() for b in self.buffers]
+        self.now = [m.training for m, _ in self.modes]
+        for m, training in self.modes:
+            m.training = training
         return self.inner.__enter__()
 
     def __exit__(self, *exc: Any):
         try:
             return self.inner.__exit__(*exc)
         finally:
+            for (m, _), training in zip(self.modes, self.now):
+                m.training = training
             with torch.no_grad():
                 for b, s in zip(self.buffers, self.saved):
                     b.copy_(s)
-            self.saved = []
+            self.saved, self.now = [], []
 
 
 def lean_context_fn(module: nn.Module, selective: bool = True) -> Tuple[Any, Any]:
     """ ``context_fn`` of the eager checkpoint of ``module``: the (forward, recompute) context pair of
     ``create_selective_checkpoint_contexts(lean_policy)`` (``selective``) or of a plain checkpoint (no contexts),
-    the recompute one restoring ``module``'s buffers.
+    the recompute one restoring ``module``'s buffers and running it in the forward's train/eval modes.
     """
     if selective:
         fwd, recompute = _selective_contexts()
     else:
         fwd, recompute = contextlib.nullcontext(), contextlib.nullcontext()
-    return fwd, _RestoreBuffers(list(module.buffers()), recompute)
+    return fwd, _RestoreBuffers(module, recompute)
 
 
 def checkpoint_lean(module: Callable[..., torch.Tensor], x: torch.Tensor, selective: bool = True) -> torch.Tensor:

@@ -136,7 +136,9 @@ def _value_problems(
         if not v.is_floating_point():  # an integer tensor would be cast and lose its values
             uncastable.append(f'{k}: {v.dtype}, not floating point')
             continue
-        if v.device.type == 'meta':
+        if v.device.type == 'meta':  # no values to load (fine only into a model on the meta device)
+            if want.device.type != 'meta':
+                uncastable.append(f'{k}: a meta tensor, which holds no values')
             continue
         cast = _cast_for_check(v, want.dtype)
         if cast is None:
@@ -366,7 +368,7 @@ def parse_metadata(
         return None
     try:
         fields = json.loads(ours[ARCH_CFG_KEY])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise WeightsError(
             f'{source} metadata: {ARCH_CFG_KEY}={ours[ARCH_CFG_KEY][:80]!r} is not valid JSON') from None
     if not isinstance(fields, dict):

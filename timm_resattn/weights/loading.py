@@ -214,7 +214,7 @@ def _hub_model_args(cfg: Mapping[str, Any], where: str, cache_dir: Optional[str]
         return None
     try:
         args = json.loads(path.read_text(encoding='utf-8')).get('model_args') or {}
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
         raise WeightsError(f'{where} is not a readable JSON object: {e}') from None
     if not isinstance(args, dict):
         raise WeightsError(f'{where}: model_args={args!r:.200} is invalid: expected a JSON object')
