@@ -51,10 +51,19 @@ BAD = [
     (dict(act_layer=42), 'act_layer=42 is invalid'),
     (dict(act_layer=''), "act_layer='' is invalid"),  # get_act_layer('') is None: a net without activations
     (dict(act_layer=nn.ReLU()), 'act_layer=ReLU() is invalid'),  # an instance, not a layer factory
-    (dict(in_chans=True), 'in_chans=True is invalid: expected an integer >= 1'),
+    (dict(in_chans=True), 'in_chans=True is invalid: expected an integer in [1, 65536]'),
     (dict(dtype=torch.int64), 'dtype=torch.int64 is invalid: expected None or a floating-point torch.dtype'),
     (dict(attention_residual='true'), "attention_residual='true' is invalid"),
-    (dict(p=np.float64(1.0)), f'p={np.float64(1.0)!r} is invalid: expected an integer >= 0'),
+    (dict(p=np.float64(1.0)), f'p={np.float64(1.0)!r} is invalid: expected an integer in [0, 1000]'),
+    # upper bounds: a value that would overflow torch or build a net no memory holds
+    (dict(num_classes=2 ** 63), f'num_classes={2 ** 63} is invalid: expected an integer in [0, 10000000]'),
+    (dict(r=10 ** 20), f'r={10 ** 20} is invalid: expected an integer in [1, 1000]'),
+    (dict(stage_chs=(16, 32, 10 ** 6)), 'stage_chs=(16, 32, 1000000) is invalid: expected a tuple of one or more '
+                                        'integers in [1, 65536]'),
+    (dict(mask_levels=(17, 1, 0)), 'mask_levels=(17, 1, 0) is invalid'),
+    (dict(in_chans=10 ** 9), f'in_chans={10 ** 9} is invalid'),
+    # a device this machine lacks (no CUDA index reaches the device count)
+    (dict(device=f'cuda:{torch.cuda.device_count()}'), f"device='cuda:{torch.cuda.device_count()}' is invalid"),
 ]
 
 
@@ -124,6 +133,49 @@ def test_devices():
     with pytest.raises(ConfigError, match='device=True is invalid'):
         timm.create_model(CIFAR, device=True, **NARROW_CIFAR)
     assert next(_create(dtype=torch.float16).parameters()).dtype == torch.float16
+
+
+def test_devices_this_machine_lacks():
+    count = torch.cuda.device_count()
+    for device in (count, torch.device('cuda', count), f'cuda:{count + 7}'):
+        with pytest.raises(ConfigError, match=r'is invalid: expected None, or a device this machine has'):
+            timm.create_model(CIFAR, device=device, **NARROW_CIFAR)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="device='mps' is invalid"):
+            timm.create_model(CIFAR, device='mps', **NARROW_CIFAR)
+
+
+def test_timms_feature_arguments_are_checked():
+    """ timm's own ``features_only`` / ``feature_cfg`` / ``out_indices`` reach our entrypoint: a string is not a
+    bool, the net's levels bound the indices (timm would fail with an IndexError, or return no features for -1),
+    and a ``feature_cfg`` of the user's is merged into ours instead of clashing with it. """
+    with pytest.raises(ConfigError, match="features_only='False' is invalid: expected True or False"):
+        _create(features_only='False')
+    for bad in ((4,), -1, 0, 5, (1, 'a'), (), (True,)):
+        with pytest.raises(ConfigError, match=r'out_indices=.* is invalid: .*this net has 4 feature levels'):
+            _create(features_only=True, out_indices=bad)
+    with pytest.raises(ConfigError, match="feature_cfg='x' is invalid: expected a dict"):
+        _create(features_only=True, feature_cfg='x')
+    assert _create(features_only=True, out_indices=(-1,)).feature_info.reduction() == [4]
+    assert _create(features_only=True, out_indices=2).feature_info.channels() == [32, 64]
+    net = _create(features_only=True, feature_cfg=dict(out_indices=(1,)))
+    assert net.feature_info.channels() == [16]
+
+
+def test_export_of_a_model_built_from_numpy_and_classes(tmp_path):
+    """ timm records create_model's arguments as given and writes them to config.json: numpy scalars and an
+    activation class are written as the model's normalised values, and the folder rebuilds the same net. """
+    from timm_resattn.export.hub import save_pretrained
+    model = timm.create_model(CIFAR, p=np.int64(1), attention_residual=np.bool_(False), act_layer=nn.SiLU,
+                              zero_init_last=np.bool_(False), **NARROW_CIFAR)
+    model.set_memory_efficient(np.bool_(True))
+    assert model.cfg.memory_efficient is True
+    out = save_pretrained(model.eval(), tmp_path / 'np')
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert loaded.cfg.attention_residual is False and loaded.act_name == 'SiLU'
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 
 def test_global_pool_types_are_timms():

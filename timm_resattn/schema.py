@@ -154,22 +154,23 @@ class Str(Spec):
 
 
 class IntTuple(Spec):
-    """ A tuple (or list) of integers ``>= minimum``, of ``length`` items if given (at least one otherwise);
-    ``per`` names what each item is for in messages (``'stage'``: "one per stage"). """
+    """ A tuple (or list) of integers in ``[minimum, maximum]``, of ``length`` items if given (at least one
+    otherwise); ``per`` names what each item is for in messages (``'stage'``: "one per stage"). """
 
-    def __init__(self, minimum: int = 0, length: Optional[int] = None, per: str = ''):
-        self.minimum, self.length, self.per = minimum, length, per
+    def __init__(self, minimum: int = 0, length: Optional[int] = None, per: str = '', maximum: Optional[int] = None):
+        self.minimum, self.maximum, self.length, self.per = minimum, maximum, length, per
 
     def describe(self) -> str:
         count = f'{self.length}' if self.length is not None else 'one or more'
-        return f'a tuple of {count} integers >= {self.minimum}' + (f', one per {self.per}' if self.per else '')
+        within = f'in [{self.minimum}, {self.maximum}]' if self.maximum is not None else f'>= {self.minimum}'
+        return f'a tuple of {count} integers {within}' + (f', one per {self.per}' if self.per else '')
 
     def check(self, value: Any) -> Tuple[int, ...]:
         if not isinstance(value, (tuple, list)):
             raise SchemaViolation(self.describe())
         if (self.length is not None and len(value) != self.length) or (self.length is None and not value):
             raise SchemaViolation(self.describe())
-        item = Int(self.minimum)
+        item = Int(self.minimum, self.maximum)
         try:
             return tuple(item.check(v) for v in value)
         except SchemaViolation:

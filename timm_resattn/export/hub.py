@@ -132,6 +132,24 @@ def architecture_args(model: torch.nn.Module) -> Dict[str, Any]:
     return args
 
 
+def _recorded_args(model: torch.nn.Module) -> Dict[str, Any]:
+    """ The model's current, normalised values of the arguments ``timm.create_model`` recorded as given (timm writes
+    those to config.json too; a numpy scalar or an ``nn.Module`` class given there would not serialise). """
+    recorded = getattr(model, '_model_args', None) or {}  # what timm.create_model was given (timm >= 1.0.31)
+    cfg_fields = {f.name for f in dataclasses.fields(model.cfg)}
+    args: Dict[str, Any] = {}
+    for key in recorded:
+        if key in cfg_fields:
+            args[key] = _jsonable(getattr(model.cfg, key))
+        elif key == 'act_layer':
+            args[key] = _act_layer_arg(model.act_name)
+        elif key == 'output_stride':
+            args[key] = model.output_stride
+        elif key == 'zero_init_last':
+            args[key] = bool(recorded[key])  # checked by the constructor: a bool or a numpy bool
+    return args
+
+
 def _format_accuracy(reported: Dict[str, Any]) -> str:
     reported = dict(reported)
     source = reported.pop('source', None)
@@ -229,7 +247,8 @@ def _export_args(
     """ The checked reconstruction args (the model's own, then ``model_config['model_args']``, then ``model_args``)
     and ``model_config`` without them: merged here, so every timm writes the same ``config.json`` (older timm
     replaced ``model_args`` with ``model_config``'s instead of merging them). """
-    args = architecture_args(model)
+    args = architecture_args(model)  # first: refuses a wrapper (features_only) by name
+    args = {**_recorded_args(model), **args}
     if model_config and 'model_args' in model_config:
         model_config = dict(model_config)
         args.update(model_config.pop('model_args') or {})

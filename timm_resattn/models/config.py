@@ -56,14 +56,20 @@ def _is_act_layer(value: Any) -> bool:
 
 
 def _is_device(value: Any) -> bool:
-    if value is None or isinstance(value, torch.device):
+    """ None, or a device torch accepts that this machine has (a CUDA index below the device count, MPS where
+    available; 'meta' and 'cpu' always). """
+    if value is None:
         return True
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, torch.device)):
         return False
     try:
-        torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, ValueError, TypeError):
         return False
+    if device.type == 'cuda':
+        return (device.index or 0) < torch.cuda.device_count()
+    if device.type == 'mps':
+        return torch.backends.mps.is_available()
     return True
 
 
@@ -75,33 +81,41 @@ def _is_dtype(value: Any) -> bool:
 # as keyword arguments) and the constructor's own arguments. ``ResAttnCfg.validate`` and ``check_model_args`` check
 # values against it (Python, ``timm.create_model``, ``torch.hub``, ``--model-kwargs``); cross-field rules (lengths per
 # stage, widths vs groups, mask levels vs mask type, the minimum input size) stay in ``ResAttnCfg.validate``.
+# Upper bounds, far above any published net, that keep a mistyped value from building a net that can't fit in
+# memory (``r=10**20``) or overflows torch (``num_classes=2**63``)
+MAX_WIDTH = 65536  # channels: stem_chs, stage_chs, in_chans, groups
+MAX_STRIDE = 64
+MAX_REPEATS = 1000  # units or modules of one kind in one place: stage_units, p, t, r, ...
+MAX_MASK_LEVELS = 16
+MAX_CLASSES = 10 ** 7
 _CFG_SPECS = dict(
     unit=Choice(lambda: tuple(UNIT_TYPES)),  # read at each check: a unit type added to UNIT_TYPES counts
     stem_type=Choice(STEM_TYPES),
-    stem_chs=Int(1),
-    stage_chs=IntTuple(1, per='stage'),
-    stage_strides=IntTuple(1, per='stage'),
-    stage_units=IntTuple(1, per='stage'),  # the first unit of a stage sets its width and stride
-    stage_modules=IntTuple(0, per='stage'),
-    stage_tail_units=Nullable(IntTuple(0, per='stage'), none_means='no tail units'),
-    mask_levels=IntTuple(0, per='stage'),
-    p=Int(0),
-    t=Int(1),
-    r=Int(1),
+    stem_chs=Int(1, MAX_WIDTH),
+    stage_chs=IntTuple(1, per='stage', maximum=MAX_WIDTH),
+    stage_strides=IntTuple(1, per='stage', maximum=MAX_STRIDE),
+    stage_units=IntTuple(1, per='stage', maximum=MAX_REPEATS),  # the first unit of a stage sets its width and stride
+    stage_modules=IntTuple(0, per='stage', maximum=MAX_REPEATS),
+    stage_tail_units=Nullable(IntTuple(0, per='stage', maximum=MAX_REPEATS), none_means='no tail units'),
+    mask_levels=IntTuple(0, per='stage', maximum=MAX_MASK_LEVELS),
+    p=Int(0, MAX_REPEATS),
+    t=Int(1, MAX_REPEATS),
+    r=Int(1, MAX_REPEATS),
     bottle_ratio=Float(0, 16, minimum_open=True),
-    groups=Int(1),
+    groups=Int(1, MAX_WIDTH),
     attention_residual=Bool(),
     mask_act=Choice(MASK_ACTS),
     mask_type=Choice(MASK_TYPES),
-    local_mask_units=Nullable(IntTuple(1, per='stage'), none_means='matched to the encoder-decoder mask'),
+    local_mask_units=Nullable(
+        IntTuple(1, per='stage', maximum=MAX_REPEATS), none_means='matched to the encoder-decoder mask'),
     mask_wiring=Choice(MASK_WIRINGS),
     max_pool=Choice(MAX_POOLS),
     conv_init=Choice(CONV_INITS),
     memory_efficient=Bool(),
 )
 _CONSTRUCTOR_SPECS = dict(
-    num_classes=Int(0),
-    in_chans=Int(1),
+    num_classes=Int(0, MAX_CLASSES),
+    in_chans=Int(1, MAX_WIDTH),
     global_pool=Choice(POOL_TYPES),
     drop_rate=Float(0, 1, maximum_open=True),
     drop_path_rate=Float(0, 1, maximum_open=True),
@@ -109,7 +123,8 @@ _CONSTRUCTOR_SPECS = dict(
                                   "an nn.Module class, or a function returning a module"),
     zero_init_last=Bool(),
     output_stride=Nullable(Choice(OUTPUT_STRIDES), none_means="the net's own"),
-    device=Any_(_is_device, "None, a torch.device, or a device name torch.device accepts ('cpu', 'cuda:0', 'meta')"),
+    device=Any_(_is_device, "None, or a device this machine has: a torch.device or a name torch.device accepts ('cpu', "
+                            "'cuda:0' where a GPU is, 'meta')"),
     dtype=Any_(_is_dtype, 'None or a floating-point torch.dtype'),
 )
 CONSTRUCTOR_ARGS = tuple(_CONSTRUCTOR_SPECS)

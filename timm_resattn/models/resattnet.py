@@ -33,10 +33,11 @@ from ..layers.input_size import InputSizeCheck
 from ..layers.memory import SWITCH, checkpoint_blocks, set_memory_efficient
 from ..layers.units import get_unit_type
 from ..errors import ConfigError
+from ..schema import Any_, Bool, Schema
 from ..weights import (
     ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs, unwrap_state_dict,
 )
-from .config import ResAttnCfg, check_model_args
+from .config import MODEL_ARGS, ResAttnCfg, check_model_args
 from .stages import create_stages
 
 __all__ = ['ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
@@ -254,7 +255,8 @@ class ResidualAttentionNet(nn.Module):
         that keeps only the convolutions' outputs and recomputes BN, ReLU, sigmoid, adds and resampling in backward
         (``MemoryLeanSequential``). Parameters, buffers, outputs and BN statistics are unchanged.
         """
-        set_memory_efficient(self, enable)  # checks enable
+        enable = SWITCH.check_value('enable', enable)
+        set_memory_efficient(self, enable)
         self.cfg = dataclasses.replace(self.cfg, memory_efficient=enable)
 
     @torch.jit.ignore
@@ -411,7 +413,49 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet
     return out
 
 
+def _act_layer_by_name(act_layer: Any) -> Any:
+    """ ``act_layer`` as the name ``get_act_layer`` resolves back to the same layer ('relu' for ``nn.ReLU``), so
+    that timm records (and a Hub export writes) a name; the layer itself where no name resolves to it. """
+    if isinstance(act_layer, str):
+        return act_layer
+    layer = get_act_layer(act_layer)
+    name = _layer_name(layer)
+    try:
+        return name if get_act_layer(name) is layer else act_layer
+    except (KeyError, ValueError, TypeError):
+        return act_layer
+
+
+_FEATURES = Schema(dict(features_only=Bool(), feature_cfg=Any_(lambda v: isinstance(v, dict), 'a dict')))
+
+
+def _check_out_indices(out_indices: Any, num_levels: int) -> None:
+    """ timm's ``out_indices`` for ``features_only``: an int N (the last N levels) or a tuple/list of level indices
+    (negative from the end), checked against the net's ``num_levels`` feature levels. """
+    if isinstance(out_indices, (tuple, list)):
+        ok = len(out_indices) > 0 and all(
+            isinstance(i, int) and not isinstance(i, bool) and -num_levels <= i < num_levels for i in out_indices)
+    else:
+        ok = isinstance(out_indices, int) and not isinstance(out_indices, bool) and 1 <= out_indices <= num_levels
+    if not ok:
+        raise ConfigError(
+            f'out_indices={out_indices!r:.200} is invalid: expected an int N in [1, {num_levels}] (the last N '
+            f'feature levels) or a non-empty tuple of level indices in [{-num_levels}, {num_levels - 1}] (this net '
+            f'has {num_levels} feature levels)')
+
+
 def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
+    # the model's arguments checked and normalised (numpy scalars to Python ones) before timm records them for
+    # the Hub export; timm's features_only / feature_cfg / out_indices checked here, as timm does not
+    known = {k: v for k, v in kwargs.items() if k in MODEL_ARGS}
+    kwargs.update(check_model_args(**known))
+    if 'act_layer' in kwargs:
+        kwargs['act_layer'] = _act_layer_by_name(kwargs['act_layer'])
+    kwargs.update(_FEATURES.check({k: kwargs[k] for k in ('features_only', 'feature_cfg') if k in kwargs}))
+    num_levels = model_cfgs[variant].num_stages + 1
+    feature_cfg = {'flatten_sequential': True, 'out_indices': tuple(range(num_levels)), **kwargs.pop('feature_cfg', {})}
+    if kwargs.get('features_only'):
+        _check_out_indices(kwargs.get('out_indices', feature_cfg['out_indices']), num_levels)
     if pretrained:  # fails loudly for a tag without weights
         hint = (f'The authors\' Caffe weights of this net (if you have them) convert with `timm-resattn convert caffe '
                 f'IN.caffemodel OUT.safetensors --model {variant}`.' if variant in CAFFE_NETS else '')
@@ -422,7 +466,7 @@ def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> Resid
         pretrained,
         model_cfg=model_cfgs[variant],
         pretrained_filter_fn=checked_pretrained_filter(checkpoint_filter_fn, cache_dir=kwargs.get('cache_dir')),
-        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(model_cfgs[variant].num_stages + 1))),
+        feature_cfg=feature_cfg,
         **kwargs,
     )
 
