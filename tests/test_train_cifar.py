@@ -570,6 +570,17 @@ def test_resume_continues_its_own_folder_and_overwrite_run_replaces(data_dir, ea
     assert (earlier_run / 'notes.txt').read_text() == 'mine'
 
 
+def test_resume_from_the_best_checkpoint_of_its_own_folder_is_refused(data_dir, earlier_run, capsys):
+    """ model_best.pth.tar is (usually) behind last.pth.tar: continuing from it would replace a run that went
+    further. Only the folder's last.pth.tar continues the run. """
+    before = _snapshot(earlier_run)
+    for extra in ([], ['--seed', '5']):
+        err = _error_of(['--data-dir', data_dir, '--out', str(earlier_run), '--batch-size', '16', '--workers', '0',
+                         *NARROW, '--iters', '4', '--resume', str(earlier_run / 'model_best.pth.tar'), *extra], capsys)
+        assert 'earlier run' in err and 'last.pth.tar' in err, err
+    assert _snapshot(earlier_run) == before
+
+
 def test_overwrite_run_never_replaces_the_resume_input(data_dir, earlier_run, tmp_path, capsys):
     """ --out's last.pth.tar hard-linked to the --resume file of another folder: replacing it would destroy the
     input, whatever --overwrite-run says. """
@@ -616,6 +627,7 @@ def test_unwritable_out_is_refused_before_training(data_dir, capsys, monkeypatch
     (['--amp', 'fp16'], '--amp fp16 needs a CUDA device'),
     (['--model-kwargs', 'in_chans=2'], '2-channel'),
     (['--model-kwargs', 'mask_levels=(4, 4, 4)'], 'at least 61x61'),
+    (['--momentum', '0'], '--momentum 0 with Nesterov momentum'),  # torch's SGD would raise a ValueError
 ])
 def test_flag_ranges_and_model_checked_before_data(data_dir, tmp_path, capsys, monkeypatch, flags, expect):
     from timm_resattn.cli import train_cifar as command
@@ -695,6 +707,40 @@ def test_resume_fields_are_checked(trained, data_dir, tmp_path, capsys, monkeypa
         from timm_resattn.cli import train_cifar as command
         monkeypatch.setattr(command, 'amp_dtype', lambda choice, device: torch.float16)
         monkeypatch.setattr(torch.amp, 'GradScaler', lambda *a, **k: torch.amp.grad_scaler.GradScaler('cpu'))
+    err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '40', '--resume', str(path)], capsys)
+    assert str(path) in err and expect in err, err
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('flags, expect', [
+    (['--momentum', '0.5'], 'momentum=0.9'),
+    (['--weight-decay', '0.5'], 'weight_decay=0.0001'),
+    (['--no-nesterov'], 'nesterov=True'),
+])
+def test_resume_with_other_optimizer_settings_is_refused(trained, data_dir, tmp_path, capsys, flags, expect):
+    """ The optimizer's state restores the run's own settings: flags that say otherwise would be printed and
+    recorded but not used. """
+    out, _, _ = trained
+    err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
+                     *NARROW, '--iters', '40', '--resume', str(out / 'last.pth.tar'), *flags], capsys)
+    assert 'the run was trained with optimizer settings' in err and expect in err, err
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('edit, expect', [
+    (lambda opt: opt['state'][0].update(momentum_buffer=torch.zeros(3)), 'of shape (3,)'),
+    (lambda opt: opt['state'][0].update(momentum_buffer=opt['state'][0]['momentum_buffer'] * float('nan')),
+     'NaN/Inf'),
+    (lambda opt: opt['param_groups'][0].update(momentum='x'), "momentum='x'"),
+    (lambda opt: opt['param_groups'][0].update(weight_decay=float('nan')), 'weight_decay=nan'),
+])
+def test_resume_optimizer_state_is_checked(trained, data_dir, tmp_path, capsys, edit, expect):
+    out, _, _ = trained
+    ckpt = torch.load(out / 'last.pth.tar', map_location='cpu', weights_only=True)
+    edit(ckpt['optimizer'])
+    path = tmp_path / 'bad.pth.tar'
+    torch.save(ckpt, path)
     err = _error_of(['--data-dir', data_dir, '--out', str(tmp_path / 'run'), '--batch-size', '16', '--workers', '0',
                      *NARROW, '--iters', '40', '--resume', str(path)], capsys)
     assert str(path) in err and expect in err, err

@@ -20,10 +20,11 @@ batch 64, lr 0.1 divided by 10 at 64k and 96k of 160k iterations; pad-4 random c
 Outputs in ``--out`` (created only once data and model are ready): ``last.pth.tar`` and ``model_best.pth.tar``
 (timm's checkpoint layout: they load with ``timm.create_model(arch, num_classes=K, checkpoint_path=...)`` and
 ``validate.py --checkpoint``), ``model_best.safetensors`` and ``summary.json`` at the end. A folder holding any of
-them (an earlier run) is refused unless ``--resume`` names a checkpoint in it (the run continues that run) or
-``--overwrite-run`` is given (the earlier run's four files are deleted when training starts; other files stay). A
-run holds a lock on its folder: a second run into it is refused while the first is alive. The folder (or the
-nearest existing folder above it) must be writable; that is checked before anything is read.
+them (an earlier run) is refused unless ``--resume`` names its ``last.pth.tar`` (the run continues that run; from
+its ``model_best.pth.tar`` it would replace a run that went further) or ``--overwrite-run`` is given (the earlier
+run's four files are deleted when training starts; other files stay). A run holds a lock on its folder: a second run
+into it is refused while the first is alive. The folder (or the nearest existing folder above it) must be writable;
+that is checked before anything is read.
 
 On CUDA: ``--device cuda:N`` is checked against the device count when the flags are parsed; the host waits for
 the GPU only at log and eval points (a non-finite loss is therefore noticed there, naming the iteration where it
@@ -85,13 +86,21 @@ def out_dir_of(args: argparse.Namespace) -> str:
 
 
 def _continues_run(args: argparse.Namespace) -> bool:
-    """ ``--resume`` names a checkpoint inside ``--out``: the run continues the run of that folder. """
+    """ ``--resume`` names the ``last.pth.tar`` of ``--out`` itself: the run continues the run of that folder (and
+    replaces its files). Resuming from another checkpoint there (``model_best.pth.tar``) would replace a run that
+    went further, and a link to it from elsewhere is another file: both refused like any run into an occupied
+    folder. """
     if not args.resume:
         return False
-    folder, out = os.path.dirname(os.path.abspath(args.resume)), out_dir_of(args)
-    if os.path.isdir(folder) and os.path.isdir(out):
-        return os.path.samefile(folder, out)
-    return os.path.realpath(folder) == os.path.realpath(out)
+    out = out_dir_of(args)
+    return _same_path(os.path.dirname(os.path.abspath(args.resume)), out) and \
+        _same_path(args.resume, os.path.join(out, 'last.pth.tar'))
+
+
+def _same_path(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _inputs(args: argparse.Namespace) -> List[PathUse]:
@@ -191,6 +200,9 @@ def validate_args(args: argparse.Namespace) -> None:
         raise CommandError(f'--data-dir {args.data_dir}: no such folder (pass --download to fetch {args.dataset})')
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CommandError(f'--resume {args.resume}: no such file')
+    if args.nesterov and args.momentum == 0:
+        raise CommandError('--momentum 0 with Nesterov momentum (the default): Nesterov needs a momentum > 0; pass '
+                           '--no-nesterov for plain SGD')
     amp_dtype(args.amp, args.device)
 
 

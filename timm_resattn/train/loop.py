@@ -46,7 +46,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -272,10 +272,7 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
     check_state_dict(ckpt['state_dict'], model, source=source, drop_classifier=False, adapt_in_chans=False)
     check_metadata(ckpt.get(METADATA_KEY) or {}, model, source)
     model.load_state_dict(ckpt['state_dict'])
-    try:
-        optimizer.load_state_dict(ckpt['optimizer'])
-    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as e:
-        raise WeightsError(f'--resume {path}: its optimizer state does not fit this model: {e}') from None
+    _load_optimizer(path, optimizer, ckpt['optimizer'])
     if scaler is not None and 'amp_scaler' in ckpt:
         try:
             scaler.load_state_dict(ckpt['amp_scaler'])
@@ -283,6 +280,46 @@ def load_resume_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.O
             raise WeightsError(f'--resume {path}: its amp_scaler state is not a GradScaler state: {e}') from None
     best_acc = fields.get('best_metric', fields.get('metric', -1.0))
     return fields['iteration'], best_acc, fields.get('best_iteration', -1)
+
+
+# the optimizer settings a resumed run must share with the run it continues (the learning rate follows the schedule)
+_SGD_SETTINGS = ('momentum', 'dampening', 'weight_decay', 'nesterov', 'maximize')
+
+
+def _same_setting(saved: Any, given: Any) -> bool:
+    if isinstance(given, bool) or isinstance(saved, bool):
+        return saved is given
+    return isinstance(saved, (int, float)) and saved == given  # NaN equals nothing
+
+
+def _load_optimizer(path: str, optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """ ``optimizer.load_state_dict(state)`` for ``--resume path``, checked: the restored settings must be the ones
+    this run was given (``optimizer``'s before the load: its flags), and every per-parameter state tensor (SGD's
+    momentum buffer) must have its parameter's shape and finite floating values. Anything else is a
+    ``WeightsError`` naming the file, before any training step. """
+    given = [{k: g[k] for k in _SGD_SETTINGS if k in g} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as e:
+        raise WeightsError(f'--resume {path}: its optimizer state does not fit this model: {e}') from None
+    for want, group in zip(given, optimizer.param_groups):
+        differ = {k: group.get(k) for k, v in want.items() if not _same_setting(group.get(k), v)}
+        if differ:
+            raise WeightsError(
+                f'--resume {path}: the run was trained with optimizer settings '
+                f'{", ".join(f"{k}={v!r}" for k, v in differ.items())}, this run is given '
+                f'{", ".join(f"{k}={want[k]!r}" for k in differ)}; resume with the flags of the run it continues')
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            for name, value in optimizer.state.get(p, {}).items():
+                if not torch.is_tensor(value):
+                    continue
+                if value.shape != p.shape or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+                    raise WeightsError(
+                        f'--resume {path}: its optimizer state {name!r} of a parameter of shape {tuple(p.shape)} is a '
+                        f'{value.dtype} tensor of shape {tuple(value.shape)}'
+                        f'{"" if value.shape != p.shape or not value.is_floating_point() else " with NaN/Inf values"}'
+                        f'; the file is damaged')
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
