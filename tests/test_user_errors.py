@@ -1,6 +1,7 @@
 """ Bad input on every route a user touches: a clear error naming the argument or file, never a silent wrong
 result, never a traceback from a command (issue 10). Model inputs use narrow configs; commands run in-process. """
 import json
+from pathlib import Path
 import os
 import stat
 import threading
@@ -499,3 +500,94 @@ def test_open_image_refuses_modes_it_cannot_convert(tmp_path, capsys, name, make
     path = tmp_path / name
     make().save(path)
     _fails(['classify', path, '--model', CIFAR], capsys, str(path), needle)
+
+
+# --- second probe: outputs that exist, repeated flags, placement, long names, frames, layouts ---------------------
+
+@pytest.mark.parametrize('flag', ['--out', '--responses'])
+def test_visualize_never_replaces_an_existing_file_without_force(image, tmp_path, capsys, flag):
+    """ Any file at an output path (here a text file) survives unless --force is given, like convert and export. """
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('mine')
+    argv = ['visualize', image, '--model', CIFAR, '--out', tmp_path / 'masks.png']
+    argv = [notes if a == tmp_path / 'masks.png' and flag == '--out' else a for a in argv]
+    if flag == '--responses':
+        argv += ['--responses', notes]
+    _fails(argv, capsys, flag, 'exists', '--force')
+    assert notes.read_text() == 'mine'
+    assert cli_main([str(a) for a in argv + ['--force']]) == 0
+    assert notes.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_model_kwargs_given_twice_are_joined(image, capsys):
+    """ A second --model-kwargs flag adds to the first (it used to replace it silently): an unknown key in the first
+    is still refused, and a key given once per flag counts as given twice. """
+    _fails(['classify', image, '--model', CIFAR, '--model-kwargs', 'foo=1', '--model-kwargs',
+            'attention_residual=False'], capsys, 'foo')
+    _fails(['classify', image, '--model', CIFAR, '--model-kwargs', 'p=1', '--model-kwargs', 'p=2'], capsys,
+           'p is given twice')
+    from timm_resattn.cli.common import parse_model_kwargs
+    from timm_resattn.cli import build_parser
+    args = build_parser().parse_args(['classify', 'x.png', '--model', CIFAR, '--model-kwargs', 'p=2',
+                                      '--model-kwargs', 'attention_residual=False'])
+    assert parse_model_kwargs(args.model_kwargs) == dict(p=2, attention_residual=False)
+
+
+@pytest.mark.parametrize('item, needle', [
+    ("device='cuda'", 'the command places the model itself'),
+    ("device='meta'", 'the command places the model itself'),
+    ('dtype=None', 'the command places the model itself'),
+    ("scriptable='yes'", "scriptable='yes' is invalid: expected True or False"),
+    ('exportable=5', 'exportable=5 is invalid'),
+])
+def test_model_kwargs_placement_and_timm_switches(image, capsys, item, needle):
+    _fails(['classify', image, '--model', CIFAR, '--model-kwargs', item], capsys, '--model-kwargs', needle)
+
+
+def test_model_that_does_not_fit_in_memory(image, capsys, monkeypatch):
+    """ An allocation failure while building is a user's setting (a huge width), not a traceback. """
+    def oom(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:119] . DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(timm, 'create_model', oom)
+    _fails(['classify', image, '--model', CIFAR], capsys, 'does not fit in memory')
+
+
+@pytest.mark.parametrize('command', ['visualize', 'export'])
+@pytest.mark.parametrize('name_len', [252, 300])
+def test_output_name_too_long_is_refused_before_work(image, tmp_path, capsys, monkeypatch, command, name_len):
+    """ A file name longer than the file system allows fails before the model is built (it used to fail when
+    written, after the export, or in the temporary name atomic_write derived from it). """
+    from timm_resattn.cli import common
+    monkeypatch.setattr(common, 'create_model', None)  # building the model would be a TypeError: a traceback
+    out = tmp_path / ('x' * name_len + ('.png' if command == 'visualize' else '.onnx'))
+    argv = (['visualize', image, '--model', CIFAR, '--out', out] if command == 'visualize'
+            else ['export', 'onnx', out, '--model', CIFAR])
+    _fails(argv, capsys, 'bytes long', 'this file system allows')
+
+
+def test_atomic_write_takes_any_name_the_file_system_allows(tmp_path):
+    from timm_resattn.weights import atomic_write
+    path = tmp_path / ('y' * 250)
+    atomic_write(path, lambda tmp: Path(tmp).write_text('ok'))
+    assert path.read_text() == 'ok' and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize('fmt, ext', [('GIF', 'gif'), ('PNG', 'png'), ('WEBP', 'webp'), ('TIFF', 'tif')])
+def test_multi_frame_images_are_refused(tmp_path, capsys, fmt, ext):
+    """ An animation (GIF, APNG, WebP) or a multi-page TIFF: which frame is meant is not the command's guess. """
+    frames = [Image.fromarray(np.full((40, 40, 3), v, np.uint8)) for v in (0, 128, 255)]
+    path = tmp_path / f'anim.{ext}'
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    _fails(['classify', path, '--model', CIFAR], capsys, 'holds 3 frames', str(path))
+
+
+@pytest.mark.parametrize('layout', ['sparse_coo', 'sparse_csr'])
+def test_sparse_tensors_are_refused(cifar_weights, tmp_path, capsys, image, layout):
+    sd = dict(cifar_weights)
+    sd['head.fc.weight'] = sd['head.fc.weight'].to_sparse() if layout == 'sparse_coo' else \
+        sd['head.fc.weight'].to_sparse_csr()
+    path = tmp_path / 'sparse.pth'
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=f'not dense .*head.fc.weight: {layout}'):
+        load_weights(timm.create_model(CIFAR), path)
+    _fails(['classify', image, '--model', CIFAR, '--checkpoint', path], capsys, 'not dense')

@@ -17,11 +17,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import CommandError, MissingFileError, ResAttnError, WeightsError
+from ..schema import Bool, Schema
 
 __all__ = [
     'CommandParser', 'one_line', 'parse_model_kwargs', 'positive_int', 'non_negative_int', 'unit_interval',
     'resattn_models', 'check_model_name', 'create_model', 'add_model_arguments', 'model_from_args', 'open_image',
-    'check_output_path', 'PathUse', 'declare_paths', 'input_argument', 'output_argument', 'check_paths',
+    'model_kwargs_argument', 'check_output_path', 'PathUse', 'declare_paths', 'input_argument', 'output_argument',
+    'check_paths',
     'parse_device', 'device_argument', 'check_model_input', 'seed_int', 'workers_int', 'image_size_int',
     'positive_float', 'number_type', 'MAX_IMAGE_SIZE', 'MAX_SEED', 'max_workers',
 ]
@@ -43,6 +45,11 @@ class CommandParser(argparse.ArgumentParser):
 # timm.create_model arguments that load weights or wrap the model: the commands' own flags do that, checked
 _WEIGHT_KWARGS = ('pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
                   'features_only')
+# where the model is built and in what dtype: the command's --device (checked against the machine) decides
+_PLACEMENT_KWARGS = ('device', 'dtype')
+# timm.create_model's own switches (layer config), bools like every switch
+_TIMM_SWITCHES = Schema(dict(scriptable=Bool(), exportable=Bool(), no_jit=Bool()), error=CommandError,
+                        what='timm.create_model switch')
 
 
 def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Dict[str, object]:
@@ -66,6 +73,9 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
             raise CommandError(
                 f'{flag} {key}=...: not an architecture setting; weights come from --pretrained or --checkpoint '
                 f'(read and checked by timm_resattn.weights)')
+        if key in _PLACEMENT_KWARGS:
+            raise CommandError(f'{flag} {key}=...: not an architecture setting; the command places the model '
+                               f'itself (--device where it has one)')
         if key in kwargs:
             raise CommandError(f'{flag}: {key} is given twice ({key}={kwargs[key]!r:.100} and {item!r:.100}); '
                                f'give each key once')
@@ -75,6 +85,8 @@ def parse_model_kwargs(items: Sequence[str], flag: str = '--model-kwargs') -> Di
             kwargs[key] = value
         if key in MODEL_ARGS:
             kwargs[key] = MODEL_ARGS.check_value(key, kwargs[key], source=flag)
+        elif key in _TIMM_SWITCHES:
+            kwargs[key] = _TIMM_SWITCHES.check_value(key, kwargs[key], source=flag)
     return kwargs
 
 
@@ -215,6 +227,12 @@ def create_model(
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except ResAttnError:
         raise
+    except MemoryError:
+        raise CommandError(f'--model {name} --model-kwargs: the model does not fit in memory') from None
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and 'out of memory' not in str(e):
+            raise
+        raise CommandError(f'--model {name} --model-kwargs: the model does not fit in memory ({e})') from None
     except TypeError as e:  # an unknown --model-kwargs key
         raise CommandError(f'--model-kwargs: {e}') from None
     except _network_errors() as e:
@@ -245,8 +263,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: Optional[str] 
     weights.add_argument('--checkpoint', metavar='FILE',
                          help='load weights from this file (.safetensors, or a .pth), checked against the model')
     declare_paths(parser, inputs=lambda args: [PathUse('--checkpoint', p) for p in _values(args, 'checkpoint')])
-    parser.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                        help='architecture overrides, e.g. attention_residual=False (Python literals)')
+    model_kwargs_argument(parser)
+
+
+def model_kwargs_argument(parser: argparse.ArgumentParser,
+                          example: str = 'architecture overrides, e.g. attention_residual=False') -> None:
+    """ ``--model-kwargs KEY=VALUE ...``; given more than once, the lists are joined (a key given twice in all is
+    an error, ``parse_model_kwargs``). """
+    parser.add_argument('--model-kwargs', nargs='*', action='extend', default=[], metavar='KEY=VALUE',
+                        help=f'{example} (values are Python literals; the flag may be repeated)')
 
 
 def model_from_args(args: argparse.Namespace) -> nn.Module:
@@ -290,7 +315,7 @@ def _to_rgb(im, flag: str, path: str):
 
 def open_image(path: str, flag: str = 'IMAGE'):
     """ Read an image as 8-bit RGB (``_to_rgb``: 16-bit and float images scaled by their range, unconvertible
-    modes refused by name); a missing, unreadable or decompression-bomb file is a ``CommandError``. """
+    modes refused by name); a missing, unreadable, multi-frame or decompression-bomb file is a ``CommandError``. """
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -299,6 +324,10 @@ def open_image(path: str, flag: str = 'IMAGE'):
         raise CommandError(f'{flag}: {path!r} is not a file')
     try:
         with Image.open(path) as im:
+            frames = getattr(im, 'n_frames', 1)
+            if frames > 1:  # animated GIF/PNG/WebP, multi-page TIFF: which frame was meant is not ours to guess
+                raise CommandError(f'{flag}: {path!r} holds {frames} frames (an animation or a multi-page file); '
+                                   f'expected a single image: save the frame you mean on its own')
             im.load()
             return _to_rgb(im, flag, path)
     except CommandError:
@@ -379,17 +408,16 @@ def input_argument(parser: argparse.ArgumentParser, *flags: str, label: Optional
     return action
 
 
-def output_argument(parser: argparse.ArgumentParser, *flags: str, label: Optional[str] = None,
-                    force_flag: Optional[str] = None, **kwargs):
+def output_argument(parser: argparse.ArgumentParser, *flags: str, force_flag: str, label: Optional[str] = None,
+                    **kwargs):
     """ ``parser.add_argument`` for a file the command writes (declared with ``declare_paths``). An existing file
-    there is replaced only if ``force_flag`` (e.g. ``force`` for ``--force``) is set; without a ``force_flag`` the
-    output is a figure the command always rewrites. Never an input. """
+    there (an earlier result, or anything else) is replaced only if ``force_flag`` (e.g. ``force`` for ``--force``)
+    is set. Never an input. """
     action = parser.add_argument(*flags, **kwargs)
     name = label or (action.option_strings[0] if action.option_strings else action.metavar or action.dest)
 
     def outputs(args):
-        replace = bool(getattr(args, force_flag)) if force_flag else True
-        return [PathUse(name, p, replace=replace) for p in _values(args, action.dest)]
+        return [PathUse(name, p, replace=bool(getattr(args, force_flag))) for p in _values(args, action.dest)]
     declare_paths(parser, outputs=outputs)
     return action
 
@@ -416,12 +444,29 @@ def _check_writable(folder: str, flag: str, path: str) -> None:
     os.unlink(probe)
 
 
+def _check_name_length(path: str, flag: str) -> None:
+    """ Every part of ``path`` within the file system's name limit (``PC_NAME_MAX``, 255 bytes on most), checked
+    before the work: a longer name fails only when the file is written. """
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # the nearest existing folder: its file system
+    try:
+        limit = os.pathconf(folder, 'PC_NAME_MAX')
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no limit known
+        limit = 255
+    for part in os.path.abspath(path).split(os.sep):
+        if len(os.fsencode(part)) > limit:
+            raise CommandError(f'{flag} {path!r}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; '
+                               f'this file system allows {limit}')
+
+
 def check_output_path(path: str, flag: str, inputs: Sequence[str] = (), force: bool = True,
                       hint: str = 'pass --force to overwrite it', create_folder: bool = False) -> str:
     """ Refuse an output path whose folder does not exist (unless the command creates it) or can't be written, that
     is a folder, that is one of ``inputs`` (a file the command reads, or another of its outputs: it would overwrite
     it), or that exists when ``force`` is False. """
     folder = os.path.dirname(os.path.abspath(path))
+    _check_name_length(path, flag)
     if create_folder:
         while not os.path.exists(folder) and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)  # the command creates the rest

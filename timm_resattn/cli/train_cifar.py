@@ -56,7 +56,7 @@ from ..train.loop import (
 from ..weights import atomic_write
 from .common import (
     MAX_SEED, PathUse, number_type, check_model_input, declare_paths, device_argument, max_workers,
-    parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
+    model_kwargs_argument, parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
 )
 
 __all__ = ['configure', 'run', 'parse_milestones']
@@ -167,9 +167,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--resume', default=None, help='a last.pth.tar (or any checkpoint of this command) to continue')
     p.add_argument('--drop-path', type=_drop_path,
                    default=0.0, help='stochastic depth rate in [0, 1) (not in the paper)')
-    p.add_argument('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE',
-                   help='architecture overrides passed to timm.create_model, e.g. the ablations of §4.1: '
-                        'attention_residual=False mask_act=spatial mask_type=local (values are Python literals)')
+    model_kwargs_argument(p, 'architecture overrides passed to timm.create_model, e.g. the ablations of §4.1: '
+                             'attention_residual=False mask_act=spatial mask_type=local')
     declare_paths(p, inputs=_inputs, outputs=_outputs)
     return p
 

@@ -35,16 +35,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     input_argument(parser, 'images', nargs='+', metavar='IMAGE', label='IMAGE',
                    help='image files (anything Pillow reads)')
     add_model_arguments(parser)
-    output_argument(parser, '--out', required=True, metavar='OUT.png', help='where to write the mask grid')
+    output_argument(parser, '--out', required=True, metavar='OUT.png', force_flag='force',
+                    help='where to write the mask grid')
     parser.add_argument('--channels', type=_parse_channels, default=[], metavar='C[,C...]',
                         help='also show these mask channels (e.g. 0,5,17) besides the channel mean')
-    output_argument(parser, '--responses', metavar='OUT2.png',
+    output_argument(parser, '--responses', metavar='OUT2.png', force_flag='force',
                     help='also write a bar chart of the mean absolute response per stage (paper Fig. 4)')
     parser.add_argument('--img-size', type=image_size_int, default=None, metavar='N',
                         help="input size N x N (default: the model's pretrained config)")
     parser.add_argument('--scale', choices=('tile', 'fixed'), default='tile',
                         help="heat map range: each tile's min..max (default) or fixed [0, 1]")
     parser.add_argument('--alpha', type=unit_interval, default=0.5, help='heat map opacity in [0, 1] (default 0.5)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite --out / --responses if they exist (never an input file)')
     device_argument(parser)
 
 

@@ -54,9 +54,9 @@ def _check_path(path: Union[str, os.PathLike]) -> Path:
     path = Path(path)
     if path.suffix != '.onnx':
         raise CommandError(f'the ONNX output path must end in .onnx, got {str(path)!r}')
-    if path.is_dir():
+    if os.path.isdir(path):  # os.path: a name too long for the file system is no folder (Path.is_dir raises)
         raise CommandError(f'the ONNX output path {str(path)!r} is a directory; expected a file name')
-    if not path.parent.is_dir():
+    if not os.path.isdir(path.parent):
         raise MissingFileError(f'the folder of the ONNX output path {str(path)!r} does not exist')
     return path
 

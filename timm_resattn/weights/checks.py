@@ -131,8 +131,8 @@ def _value_problems(
     uncastable, non_finite, bad_var = [], [], []
     for k in keys:
         v, want = state_dict[k], model_sd[k]
-        if not (isinstance(v, torch.Tensor) and want.is_floating_point()):
-            continue
+        if not (isinstance(v, torch.Tensor) and want.is_floating_point()) or v.layout != torch.strided:
+            continue  # a non-tensor or a sparse tensor: refused by the structure check
         if not v.is_floating_point():  # an integer tensor would be cast and lose its values
             uncastable.append(f'{k}: {v.dtype}, not floating point')
             continue
@@ -245,7 +245,7 @@ def _check_structure(
     skip_classifier = drop_classifier or bool(cfg.get('label_offset'))
 
     model_sd = model.state_dict()
-    missing, unexpected, shapes, dtypes, fitting = [], [], [], [], []
+    missing, unexpected, shapes, dtypes, layouts, fitting = [], [], [], [], [], []
     for k in model_sd:
         if k.endswith('num_batches_tracked') or (skip_classifier and _is_classifier_key(k, classifiers)):
             continue
@@ -259,6 +259,9 @@ def _check_structure(
             continue
         if not isinstance(v, torch.Tensor):
             shapes.append(f'{k}: {type(v).__name__}, not a tensor')
+            continue
+        if v.layout != torch.strided:  # sparse or other layouts: not the dense tensor a parameter or buffer is
+            layouts.append(f'{k}: {str(v.layout).replace("torch.", "")}')
             continue
         if model_sd[k].is_floating_point() and not v.is_floating_point():
             dtypes.append(f'{k}: {v.dtype}')  # reported once, here (not again by the value checks)
@@ -276,7 +279,7 @@ def _check_structure(
     if values and not (missing or unexpected or shapes):
         value_lines = _value_lines(*_value_problems(state_dict, model_sd, _bn_eps(model), fitting),
                                    _dtype_note(model_sd))
-    if not (missing or unexpected or shapes or dtypes or value_lines):
+    if not (missing or unexpected or shapes or dtypes or layouts or value_lines):
         return fitting
     unexpected.sort(key=lambda k: k.endswith('num_batches_tracked'))  # the informative keys first
 
@@ -288,6 +291,7 @@ def _check_structure(
         (shapes, 'shape mismatch(es)', 3),
         (dtypes, 'tensor(s) are not floating point where the model has floating-point ones (loading would cast them '
                  'and lose their values)', 3),
+        (layouts, 'tensor(s) are not dense (a parameter or buffer holds a strided tensor)', 3),
     ])
     lines.extend(value_lines)
     lines.append(f'  ({len(state_dict)} tensors in the weights, {len(model_sd)} in the model)')

@@ -280,7 +280,8 @@ def atomic_write(path: Union[str, Path], write: Any, mode: int = 0o644) -> Path:
     folder = path.parent if str(path.parent) else Path('.')
     if not folder.is_dir():
         raise MissingFileError(f"can't write '{path}': the folder '{folder}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=folder)
+    # a short temporary name: any name the file system allows for ``path`` leaves room for it
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name[:32]}.', suffix='.tmp', dir=folder)
     os.close(fd)
     try:
         write(tmp)
