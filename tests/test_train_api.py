@@ -82,6 +82,33 @@ def test_run_command_in_process(stand_in, tmp_path, monkeypatch, capsys):
     assert sys.argv == [str(stand_in), '--out', str(out), '--fail'] and sys.path[0] == str(stand_in.parent)
 
 
+def test_run_refuses_what_is_not_a_script(stand_in, tmp_path, monkeypatch, capsys):
+    """ An image, a weight file, a folder without __main__.py: refused naming SCRIPT before anything runs (the
+    interpreter used to raise SyntaxError / ImportError); a folder with a __main__.py runs as `python DIR` would. """
+    from timm_resattn.cli import main
+    monkeypatch.setattr(sys, 'argv', list(sys.argv))
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    image = tmp_path / 'photo.png'
+    image.write_bytes(b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR')
+    weights = tmp_path / 'w.pth'
+    torch.save({'w': torch.zeros(2)}, weights)
+    (tmp_path / 'empty').mkdir()
+    broken = tmp_path / 'broken.py'
+    broken.write_text('def f(:\n')
+    for script, needle in ((image, 'is not a Python script'), (broken, 'is not a Python script (SyntaxError'),
+                           (tmp_path / 'empty', 'a folder without a __main__.py'),
+                           (weights, 'a zip file without a __main__.py')):  # torch.save writes a zip
+        assert main(['run', str(script)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and needle in err and str(script) in err, err
+    package = tmp_path / 'pkg'
+    package.mkdir()
+    (package / '__main__.py').write_text(STAND_IN)
+    out = tmp_path / 'record.json'
+    assert main(['run', str(package), '--out', str(out), '--fail']) == 3
+    assert 'STAND-IN' in capsys.readouterr().out
+
+
 @pytest.mark.subprocess
 def test_run_command_under_torchrun(stand_in, tmp_path):
     """ torchrun -m timm_resattn run SCRIPT ARGS: each worker runs `python -u -m timm_resattn run SCRIPT ARGS` (the

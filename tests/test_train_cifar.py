@@ -396,11 +396,11 @@ def test_download_offline_is_an_error_and_leaves_no_run_folder(tmp_path, capsys,
     ('1', 'diverged by iteration 1: the test loss is nan'),  # the model after step 1 gives NaN on the test set
 ])
 def test_divergence_stops_without_a_checkpoint(data_dir, tmp_path, capsys, eval_every, message):
-    out = tmp_path / 'run'
+    out = tmp_path / 'runs' / 'a' / 'run'  # three levels created by the run: all removed again
     err = _error_of(['--data-dir', data_dir, '--out', str(out), '--batch-size', '16', '--workers', '0', *NARROW,
                      '--iters', '4', '--lr', '1e30', '--eval-every', eval_every], capsys)
     assert message in err
-    assert not out.exists()  # nothing was written, so the folder we created is gone
+    assert not (tmp_path / 'runs').exists()  # nothing was written, so the folders we created are gone
 
 
 def test_non_finite_weights_are_never_saved():
@@ -685,6 +685,19 @@ def test_empty_test_set_is_refused(tmp_path, capsys):
     err = _error_of(['--data-dir', str(data), '--out', str(out), '--batch-size', '16', '--workers', '0', *NARROW,
                      '--iters', '2'], capsys)
     assert 'test set holds no images' in err and not out.exists()
+
+
+@pytest.mark.parametrize('model', ['vit_tiny_patch16_224', 'deit_tiny_patch16_224'])
+def test_fixed_input_size_models_are_refused_before_data(data_dir, tmp_path, capsys, monkeypatch, model):
+    """ A timm model with a fixed input size (a ViT at 224) can't take CIFAR's 32 px (an AssertionError at the
+    first forward before). """
+    from timm_resattn.cli import train_cifar as command
+    monkeypatch.setattr(command, 'load_cifar', None)
+    out = tmp_path / 'run'
+    err = _error_of(['--data-dir', data_dir, '--out', str(out), '--workers', '0', '--device', 'cpu', '--model', model,
+                     '--iters', '2'], capsys)
+    assert 'takes only 224x224 px inputs' in err and 'CIFAR gives 32x32' in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize('field, value, expect', [

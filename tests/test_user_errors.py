@@ -591,3 +591,14 @@ def test_sparse_tensors_are_refused(cifar_weights, tmp_path, capsys, image, layo
     with pytest.raises(WeightsError, match=f'not dense .*head.fc.weight: {layout}'):
         load_weights(timm.create_model(CIFAR), path)
     _fails(['classify', image, '--model', CIFAR, '--checkpoint', path], capsys, 'not dense')
+
+
+@pytest.mark.parametrize('sizes, needle', [
+    (['--min-size', '64', '--max-size', '32'], '--max-size 32 is below --min-size 64'),
+    (['--max-size', '2'], '--min-size/--max-size: max_size must be an integer >= min_size'),  # the model's minimum
+])
+def test_export_size_range_names_its_flags(tmp_path, capsys, sizes, needle):
+    pytest.importorskip('onnx')
+    out = tmp_path / 'm.onnx'
+    _fails(['export', 'onnx', out, '--model', CIFAR, *sizes], capsys, needle)
+    assert not out.exists()

@@ -342,7 +342,8 @@ def check_model_input(model: nn.Module, name: str, input_size: Optional[int] = N
                       ranks_classes: bool = True, in_chans: int = 3) -> None:
     """ THE check of a built model against what the command will feed it, before any data is read: ``in_chans``
     channels (RGB images and CIFAR data: 3), at least one class where the command ranks or trains classes, and an
-    input side ``input_size`` (the data config's unless given) no smaller than the model's ``min_input_size``. A
+    input side ``input_size`` (the data config's unless given) that a fixed-size model takes (timm's
+    ``fixed_input_size``, e.g. a ViT) and no smaller than the model's ``min_input_size``. A
     mismatch is a ``CommandError`` naming ``--model-kwargs`` (or ``size_flag``). """
     from ..export.program import model_in_chans
     model_chans = model_in_chans(model)
@@ -357,6 +358,12 @@ def check_model_input(model: nn.Module, name: str, input_size: Optional[int] = N
         from timm.data import resolve_data_config
         input_size = int(resolve_data_config({}, model=model)['input_size'][-1])
         size_flag = 'its data config'
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if cfg.get('fixed_input_size') and cfg.get('input_size') and int(cfg['input_size'][-1]) != input_size:
+        fixed = int(cfg['input_size'][-1])
+        where = size_flag or 'the data'
+        raise CommandError(f'--model {name}: the model takes only {fixed}x{fixed} px inputs (a fixed input size), '
+                           f'{where} gives {input_size}x{input_size}')
     min_size = int(getattr(model, 'min_input_size', 1) or 1)
     if input_size < min_size:
         where = size_flag or 'the data'

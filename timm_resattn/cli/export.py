@@ -8,7 +8,7 @@ Needs the ``export`` extra (``pip install "timm-resattn[export]"``).
 """
 import argparse
 
-from ..errors import CommandError
+from ..errors import CommandError, ConfigError
 from .common import MAX_IMAGE_SIZE, number_type, add_model_arguments, image_size_int, model_from_args, output_argument
 
 __all__ = ['configure', 'run']
@@ -19,8 +19,13 @@ def _onnx(args: argparse.Namespace) -> int:
     from ..export.program import resolve_size_range
 
     require_onnx()
+    if args.min_size is not None and args.max_size < args.min_size:  # before the model is built
+        raise CommandError(f'--max-size {args.max_size} is below --min-size {args.min_size}')
     model = model_from_args(args).eval()
-    min_size, max_size = resolve_size_range(model, args.min_size, args.max_size)
+    try:
+        min_size, max_size = resolve_size_range(model, args.min_size, args.max_size)
+    except ConfigError as e:  # the model's own minimum above --max-size
+        raise CommandError(f'--min-size/--max-size: {e}') from None
     path = export_onnx(model, args.output, min_size=min_size, max_size=max_size, opset=args.opset)
     print(f'wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): {args.model}, inputs N x 3 x H x W with H, W in '
           f'[{min_size}, {max_size}]')

@@ -16,14 +16,46 @@ import argparse
 import os
 import runpy
 import sys
+import zipfile
 from typing import Sequence
 
-from ..errors import MissingFileError
+from ..errors import CommandError, MissingFileError
 from .common import input_argument
 
 __all__ = ['run_script', 'configure', 'run']
 
 _TIMM_SCRIPTS = ('train.py', 'validate.py', 'benchmark.py', 'inference.py')
+
+
+def _check_script(script: str) -> None:
+    """ What ``python SCRIPT`` runs: a Python source file, a folder or zip file with a ``__main__.py``; anything
+    else (an image, a weight file) is refused before it runs, not met with the interpreter's traceback. """
+    if os.path.isdir(script):
+        if os.path.isfile(os.path.join(script, '__main__.py')):
+            return
+        raise CommandError(f"SCRIPT '{script}' is a folder without a __main__.py; expected a Python script")
+    if not os.path.isfile(script):
+        hint = ''
+        if os.path.basename(script) in _TIMM_SCRIPTS:
+            hint = (" (timm's scripts are not part of the timm wheel: clone "
+                    "https://github.com/huggingface/pytorch-image-models and pass the path of the script)")
+        raise MissingFileError(f"script not found: '{script}'{hint}")
+    if zipfile.is_zipfile(script):  # a zip application runs through its __main__.py (a torch.save file has none)
+        try:
+            with zipfile.ZipFile(script) as z:
+                if '__main__.py' in z.namelist():
+                    return
+        except (zipfile.BadZipFile, OSError):
+            pass
+        raise CommandError(f"SCRIPT '{script}' is a zip file without a __main__.py; expected a Python script")
+    try:
+        with open(script, 'rb') as f:
+            compile(f.read(), script, 'exec', dont_inherit=True)
+    except (SyntaxError, ValueError) as e:  # ValueError: null bytes (Python < 3.12)
+        raise CommandError(f"SCRIPT '{script}' is not a Python script ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:150]})") from None
+    except OSError as e:
+        raise CommandError(f"SCRIPT '{script}': can't read it ({e.strerror or e})") from None
 
 
 def run_script(script: str, args: Sequence[str] = (), replace_path0: bool = False) -> None:
@@ -39,12 +71,7 @@ def run_script(script: str, args: Sequence[str] = (), replace_path0: bool = Fals
         MissingFileError: ``script`` is not a file (a ``FileNotFoundError``).
         SystemExit: Whatever the script raises (``sys.exit`` / argparse errors) propagates unchanged.
     """
-    if not os.path.isfile(script):
-        hint = ''
-        if os.path.basename(script) in _TIMM_SCRIPTS:
-            hint = (" (timm's scripts are not part of the timm wheel: clone "
-                    "https://github.com/huggingface/pytorch-image-models and pass the path of the script)")
-        raise MissingFileError(f"script not found: '{script}'{hint}")
+    _check_script(script)
     import timm_resattn  # noqa: F401  (registers the models with timm)
 
     script_dir = os.path.dirname(os.path.realpath(script))

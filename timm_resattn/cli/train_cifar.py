@@ -248,8 +248,12 @@ def _run_folder(path: str, replace_earlier: bool):
     """ Create ``path`` and hold an exclusive lock on it while the run writes there, so that two runs into one
     folder never interleave (a second one is refused; the lock goes with the process, even when it is killed).
     ``replace_earlier`` (``--overwrite-run``): delete the earlier run's files first. If the run fails before
-    writing anything into a folder it created, the folder is removed again. """
-    created = not os.path.isdir(path)
+    writing anything into folders it created, they are removed again (every level it created). """
+    created = []  # the folders this run creates, deepest first: removed again if it fails before writing
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -262,8 +266,9 @@ def _run_folder(path: str, replace_earlier: bool):
                     os.remove(os.path.join(path, name))
         yield path
     except BaseException:
-        if created and os.path.isdir(path) and not os.listdir(path):
-            os.rmdir(path)
+        for folder in created:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
         raise
     finally:
         if lock is not None:
