@@ -82,6 +82,10 @@ def test_bad_argument_refused_by_model_kwargs(kwargs, message):
     from timm_resattn.cli.common import parse_model_kwargs
     ((key, value),) = kwargs.items()
     item = f'{key}={value!r}' if isinstance(value, str) else f'{key}={value}'  # as typed on a command line
+    if key in ('device', 'dtype'):  # the command places the model (--device): refused whatever the value
+        with pytest.raises(CommandError, match=f'^--model-kwargs {key}=...: not an architecture setting'):
+            parse_model_kwargs([item])
+        return
     with pytest.raises(ConfigError, match=f'^--model-kwargs: {key}='):
         parse_model_kwargs([item])
 

@@ -184,9 +184,9 @@ def test_p_t_r_shape_the_module():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(t=0), 't=0 is invalid: expected an integer >= 1'),
-    (dict(r=0), 'r=0 is invalid: expected an integer >= 1'),
-    (dict(p=-1), 'p=-1 is invalid: expected an integer >= 0'),
+    (dict(t=0), r't=0 is invalid: expected an integer in \[1, 1000\]'),
+    (dict(r=0), r'r=0 is invalid: expected an integer in \[1, 1000\]'),
+    (dict(p=-1), r'p=-1 is invalid: expected an integer in \[0, 1000\]'),
     (dict(mask_levels=(0, 2, 1, 0)), 'mask_levels >= 1'),
     (dict(unit='dense'), "unit='dense'"),
 ])

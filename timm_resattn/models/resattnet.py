@@ -37,7 +37,7 @@ from ..schema import Any_, Bool, Schema
 from ..weights import (
     ARCH_CFG_KEY, ARCHITECTURE_KEY, checked_pretrained_filter, load_checked, pretrained_kwargs, unwrap_state_dict,
 )
-from .config import MODEL_ARGS, ResAttnCfg, check_model_args
+from .config import ResAttnCfg, check_model_args
 from .stages import create_stages
 
 __all__ = ['ResidualAttentionNet', 'model_cfgs', 'checkpoint_filter_fn']
@@ -413,19 +413,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ResidualAttentionNet
     return out
 
 
-def _act_layer_by_name(act_layer: Any) -> Any:
-    """ ``act_layer`` as the name ``get_act_layer`` resolves back to the same layer ('relu' for ``nn.ReLU``), so
-    that timm records (and a Hub export writes) a name; the layer itself where no name resolves to it. """
-    if isinstance(act_layer, str):
-        return act_layer
-    layer = get_act_layer(act_layer)
-    name = _layer_name(layer)
-    try:
-        return name if get_act_layer(name) is layer else act_layer
-    except (KeyError, ValueError, TypeError):
-        return act_layer
-
-
 _FEATURES = Schema(dict(features_only=Bool(), feature_cfg=Any_(lambda v: isinstance(v, dict), 'a dict')))
 
 
@@ -445,12 +432,8 @@ def _check_out_indices(out_indices: Any, num_levels: int) -> None:
 
 
 def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> ResidualAttentionNet:
-    # the model's arguments checked and normalised (numpy scalars to Python ones) before timm records them for
-    # the Hub export; timm's features_only / feature_cfg / out_indices checked here, as timm does not
-    known = {k: v for k, v in kwargs.items() if k in MODEL_ARGS}
-    kwargs.update(check_model_args(**known))
-    if 'act_layer' in kwargs:
-        kwargs['act_layer'] = _act_layer_by_name(kwargs['act_layer'])
+    # timm's own features_only / feature_cfg / out_indices, checked here as timm does not check them (the model's
+    # arguments are checked by its constructor)
     kwargs.update(_FEATURES.check({k: kwargs[k] for k in ('features_only', 'feature_cfg') if k in kwargs}))
     num_levels = model_cfgs[variant].num_stages + 1
     feature_cfg = {'flatten_sequential': True, 'out_indices': tuple(range(num_levels)), **kwargs.pop('feature_cfg', {})}
