@@ -53,6 +53,30 @@ def test_load_adapts_in_chans_and_num_classes(saved_resattnext56):
     torch.testing.assert_close(feats.stem_conv.weight, model.stem.conv.weight)
 
 
+@pytest.mark.parametrize('route', ['file', 'local-dir'])
+def test_features_only_loads_a_file_with_another_classifier(tmp_path, route):
+    """ A backbone drops the head: a file trained for 100 classes loads into a features_only net whatever its
+    classifier (as timm loads features_only weights with num_classes=0); the features are the full net's. """
+    from timm_resattn.export.hub import save_pretrained
+    torch.manual_seed(0)
+    source = timm.create_model('resattnet56_cifar', num_classes=100, stem_chs=8, stage_chs=(16, 32, 64)).eval()
+    if route == 'file':
+        path = tmp_path / 'c100.pth'
+        torch.save(source.state_dict(), path)
+        feats = timm.create_model('resattnet56_cifar', pretrained=True, features_only=True, stem_chs=8,
+                                  stage_chs=(16, 32, 64), pretrained_cfg_overlay=dict(file=str(path))).eval()
+    else:
+        folder = save_pretrained(source, tmp_path / 'c100')
+        feats = timm.create_model(f'local-dir:{folder}', pretrained=True, features_only=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = source.forward_intermediates(x, intermediates_only=True, norm=True)
+        got = feats(x)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
 def test_torch_hub_local():
     model = torch.hub.load(str(REPO_ROOT), 'resattnet56', source='local', num_classes=10)
     assert model.num_classes == 10 and model.pretrained_cfg['architecture'] == 'resattnet56'
