@@ -77,10 +77,6 @@ def _is_dtype(value: Any) -> bool:
     return value is None or (isinstance(value, torch.dtype) and value.is_floating_point)
 
 
-# One typed description of every argument of a Residual Attention Network: the ``ResAttnCfg`` fields (overridable
-# as keyword arguments) and the constructor's own arguments. ``ResAttnCfg.validate`` and ``check_model_args`` check
-# values against it (Python, ``timm.create_model``, ``torch.hub``, ``--model-kwargs``); cross-field rules (lengths per
-# stage, widths vs groups, mask levels vs mask type, the minimum input size) stay in ``ResAttnCfg.validate``.
 # Upper bounds, far above any published net, that keep a mistyped value from building a net that can't fit in
 # memory (``r=10**20``) or overflows torch (``num_classes=2**63``)
 MAX_WIDTH = 65536  # channels: stem_chs, stage_chs, in_chans, groups
@@ -88,6 +84,11 @@ MAX_STRIDE = 64
 MAX_REPEATS = 1000  # units or modules of one kind in one place: stage_units, p, t, r, ...
 MAX_MASK_LEVELS = 16
 MAX_CLASSES = 10 ** 7
+
+# One typed description of every argument of a Residual Attention Network: the ``ResAttnCfg`` fields (overridable
+# as keyword arguments) and the constructor's own arguments. ``ResAttnCfg.validate`` and ``check_model_args`` check
+# values against it (Python, ``timm.create_model``, ``torch.hub``, ``--model-kwargs``); cross-field rules (lengths per
+# stage, widths vs groups, mask levels vs mask type, the minimum input size) stay in ``ResAttnCfg.validate``.
 _CFG_SPECS = dict(
     unit=Choice(lambda: tuple(UNIT_TYPES)),  # read at each check: a unit type added to UNIT_TYPES counts
     stem_type=Choice(STEM_TYPES),
