@@ -188,8 +188,8 @@ def test_features_only():
 
 
 def test_features_only_matches_forward_intermediates():
-    torch.manual_seed(0)  # a features_only net is built without a classifier: the same random init as num_classes=0
-    model = timm.create_model('resattnet56', num_classes=0).eval()
+    torch.manual_seed(0)
+    model = timm.create_model('resattnet56').eval()
     torch.manual_seed(0)
     feat_model = timm.create_model('resattnet56', features_only=True).eval()
     x = torch.randn(1, 3, 64, 64)

@@ -439,9 +439,6 @@ def _create_resattnet(variant: str, pretrained: bool = False, **kwargs) -> Resid
     feature_cfg = {'flatten_sequential': True, 'out_indices': tuple(range(num_levels)), **kwargs.pop('feature_cfg', {})}
     if kwargs.get('features_only'):
         _check_out_indices(kwargs.get('out_indices', feature_cfg['out_indices']), num_levels)
-        # the wrapper drops the head: built without a classifier, a file's classifier of any size is left out (as
-        # timm loads features_only weights with num_classes=0)
-        kwargs['num_classes'] = 0
     if pretrained:  # fails loudly for a tag without weights
         hint = (f'The authors\' Caffe weights of this net (if you have them) convert with `timm-resattn convert caffe '
                 f'IN.caffemodel OUT.safetensors --model {variant}`.' if variant in CAFFE_NETS else '')

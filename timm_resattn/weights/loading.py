@@ -101,7 +101,9 @@ def load_checked(
     drop_classifier = False
     if adapt:
         pretrained_classes = cfg.get('num_classes')
-        drop_classifier = pretrained_classes is not None and getattr(model, 'num_classes', None) != pretrained_classes
+        model_classes = getattr(model, 'num_classes', None)
+        # a classifier of another size, or none at all (a backbone): the file's is left out
+        drop_classifier = pretrained_classes is not None and (model_classes != pretrained_classes or model_classes == 0)
         _adapt_in_chans(state_dict, model, _as_tuple(cfg.get('first_conv')))
     check_weights(
         state_dict, model, what, metadata, strict=strict, drop_classifier=drop_classifier, adapt_in_chans=False)
@@ -279,10 +281,11 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any], no_weights_hint: str
     """ ``timm.create_model`` kwargs for ``pretrained=True``, checked before anything is built or downloaded.
 
     Weights from a ``file`` or ``url`` (given in ``pretrained_cfg_overlay`` or ``pretrained_cfg``) are always loaded
-    with ``custom_load=True`` (timm resets it for a new source, and a user's ``custom_load=False`` would hand the file
-    to timm's own loader), so they go through the model's ``load_pretrained`` and so :func:`load_checked`, with
-    every check. A tag without weights raises :func:`no_weights_error` instead of building a randomly initialised
-    model (with ``no_weights_hint`` appended).
+    with ``custom_load=True`` (timm resets it for a new source, and a user's ``custom_load=False`` would hand the
+    file to timm's own loader), so they go through the model's ``load_pretrained`` and so :func:`load_checked`, with
+    every check; for a ``features_only`` net they are loaded as timm loads backbone weights (``num_classes=0``: the
+    file's classifier is left out, whatever its size). A tag without weights raises :func:`no_weights_error` instead
+    of building a randomly initialised model (with ``no_weights_hint`` appended).
     """
     from timm.models import resolve_pretrained_cfg
     weights_cfg = resolve_pretrained_cfg(
@@ -294,7 +297,11 @@ def pretrained_kwargs(variant: str, kwargs: Dict[str, Any], no_weights_hint: str
         raise no_weights_error(variant, weights_cfg.tag, no_weights_hint)
     from_file = weights_cfg.source not in ('hf-hub', 'local-dir') and not weights_cfg.state_dict and bool(
         weights_cfg.file or weights_cfg.url)  # timm's order of sources (its _resolve_pretrained_source)
+    overlay = {}
     if from_file and not weights_cfg.custom_load:
-        kwargs = {**kwargs, 'pretrained_cfg_overlay': {**(kwargs.get('pretrained_cfg_overlay') or {}),
-                                                       'custom_load': True}}
+        overlay['custom_load'] = True
+    if from_file and kwargs.get('features_only'):
+        overlay['num_classes'] = 0  # a backbone: the file's classifier, of any size, is not loaded (as timm does)
+    if overlay:
+        kwargs = {**kwargs, 'pretrained_cfg_overlay': {**(kwargs.get('pretrained_cfg_overlay') or {}), **overlay}}
     return kwargs
