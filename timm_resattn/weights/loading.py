@@ -162,7 +162,7 @@ def no_weights_error(variant: str, tag: Optional[str], hint: str = '') -> Weight
 
 # the weight files timm's ``load_state_dict_from_path`` looks for in a ``local-dir:`` folder, in its order of
 # preference, then the first file (sorted by name) of each extension (timm exports no public names for them;
-# tests/test_hub.py checks these against timm's own)
+# tests/test_weight_checks.py checks these against timm's own)
 _HUB_PREFERRED_FILES = (
     'model.safetensors', 'pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'open_clip_model.safetensors',
     'open_clip_pytorch_model.safetensors', 'open_clip_pytorch_model.bin', 'open_clip_pytorch_model.pth',
