@@ -23,7 +23,7 @@ __all__ = [
     'CommandParser', 'one_line', 'parse_model_kwargs', 'positive_int', 'non_negative_int', 'unit_interval',
     'resattn_models', 'check_model_name', 'create_model', 'add_model_arguments', 'model_from_args', 'open_image',
     'model_kwargs_argument', 'check_output_path', 'PathUse', 'declare_paths', 'input_argument', 'output_argument',
-    'check_paths',
+    'check_paths', 'same_file',
     'parse_device', 'device_argument', 'check_model_input', 'seed_int', 'workers_int', 'image_size_int',
     'positive_float', 'number_type', 'MAX_IMAGE_SIZE', 'MAX_SEED', 'max_workers',
 ]
@@ -429,7 +429,7 @@ def output_argument(parser: argparse.ArgumentParser, *flags: str, force_flag: st
     return action
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
     """ ``a`` and ``b`` name one file: the same inode when both exist (hard links, symlinks), else the same real
     path (``./x`` vs ``x``, a symlinked folder). """
     if os.path.exists(a) and os.path.exists(b):
@@ -483,7 +483,7 @@ def check_output_path(path: str, flag: str, inputs: Sequence[str] = (), force: b
     if os.path.isdir(path):
         raise CommandError(f'{flag} {path!r} is a folder; expected a file path')
     for src in inputs:
-        if _same_file(path, src):
+        if same_file(path, src):
             raise CommandError(f'{flag} {path!r} is also an input file or another output; refusing to overwrite it')
     if not force and (os.path.exists(path) or os.path.islink(path)):
         raise CommandError(f'{flag} {path!r} exists; {hint}')
@@ -501,14 +501,14 @@ def check_paths(args: argparse.Namespace) -> Tuple[List[PathUse], List[PathUse]]
     outputs = [use for fn in getattr(args, '_path_outputs', None) or () for use in fn(args)]
     for i, out in enumerate(outputs):
         for src in inputs:
-            if _same_file(out.path, src.path) and not src.replace:
+            if same_file(out.path, src.path) and not src.replace:
                 raise CommandError(f'{out.flag} {out.path!r} is the input {src.flag} {src.path!r}; refusing to '
                                    f'overwrite a file the command reads')
         for other in outputs[:i]:
-            if _same_file(out.path, other.path):
+            if same_file(out.path, other.path):
                 raise CommandError(f'{out.flag} {out.path!r} is also the output {other.flag} {other.path!r}; one '
                                    f'would overwrite the other')
-        continued = any(src.replace and _same_file(out.path, src.path) for src in inputs)
+        continued = any(src.replace and same_file(out.path, src.path) for src in inputs)
         check_output_path(out.path, out.flag, force=out.replace or continued, hint=out.hint,
                           create_folder=out.create_folder)
     return inputs, outputs

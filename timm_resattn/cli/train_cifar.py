@@ -56,7 +56,7 @@ from ..train.loop import (
 from ..weights import atomic_write
 from .common import (
     MAX_SEED, PathUse, number_type, check_model_input, declare_paths, device_argument, max_workers,
-    model_kwargs_argument, parse_model_kwargs, positive_float, seed_int, unit_interval, workers_int,
+    model_kwargs_argument, parse_model_kwargs, positive_float, same_file, seed_int, unit_interval, workers_int,
 )
 
 __all__ = ['configure', 'run', 'parse_milestones']
@@ -93,14 +93,8 @@ def _continues_run(args: argparse.Namespace) -> bool:
     if not args.resume:
         return False
     out = out_dir_of(args)
-    return _same_path(os.path.dirname(os.path.abspath(args.resume)), out) and \
-        _same_path(args.resume, os.path.join(out, 'last.pth.tar'))
-
-
-def _same_path(a: str, b: str) -> bool:
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
+    return same_file(os.path.dirname(os.path.abspath(args.resume)), out) and \
+        same_file(args.resume, os.path.join(out, 'last.pth.tar'))
 
 
 def _inputs(args: argparse.Namespace) -> List[PathUse]:

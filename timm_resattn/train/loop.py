@@ -314,12 +314,14 @@ def _load_optimizer(path: str, optimizer: torch.optim.Optimizer, state: Any) -> 
             for name, value in optimizer.state.get(p, {}).items():
                 if not torch.is_tensor(value):
                     continue
-                if value.shape != p.shape or not value.is_floating_point() or not bool(torch.isfinite(value).all()):
-                    raise WeightsError(
-                        f'--resume {path}: its optimizer state {name!r} of a parameter of shape {tuple(p.shape)} is a '
-                        f'{value.dtype} tensor of shape {tuple(value.shape)}'
-                        f'{"" if value.shape != p.shape or not value.is_floating_point() else " with NaN/Inf values"}'
-                        f'; the file is damaged')
+                if value.shape != p.shape or not value.is_floating_point():
+                    problem = f'a {value.dtype} tensor of shape {tuple(value.shape)}'
+                elif not bool(torch.isfinite(value).all()):
+                    problem = 'a tensor with NaN/Inf values'
+                else:
+                    continue
+                raise WeightsError(f'--resume {path}: its optimizer state {name!r} of a parameter of shape '
+                                   f'{tuple(p.shape)} is {problem}; the file is damaged')
 
 
 def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler],
